@@ -1,0 +1,26 @@
+# The two commands of the README. Each sets up its own virtualenv on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test benchmarks clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup  ## the main job on the embedded default: every method x every refiner, table printed
+	$(BIN)/bench run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+benchmarks: setup
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-group-by=group
+
+clean:
+	rm -rf $(VENV) results/mlflow.db results/artifacts results/data

@@ -1,0 +1,2 @@
+"""bench: the AnoRefiner benchmark harness."""
+__version__ = "0.1.0"

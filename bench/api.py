@@ -1,0 +1,187 @@
+"""The Python API behind the CLI: ``run(config)`` benchmarks methods × refiners under PGT."""
+from __future__ import annotations
+
+import csv
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from bench.config import RunConfig
+from bench.data import open_dataset, select_categories
+from bench.interfaces import Backbone, Dataset
+from bench.evaluation import eval_masks, evaluate
+from bench.protocol import PGTOutput, Stream, coarse_scores, make_groups, run_pgt
+from bench.records import FeatureSet, Sample
+from bench.registry import BACKBONES, METHODS, REFINERS
+from bench.timing import StageTimer
+from bench.tracking import Store, open_store
+
+EMBEDDED_SEED = 0  # the embedded dataset is one fixed dataset, whatever the run's seed
+
+
+def embedded_root(out: Path) -> Path:
+    """The embedded synthetic dataset under ``out``, generated on first use."""
+    from bench.datasets.synthetic import MARKER, generate
+
+    root = Path(out) / "data" / "synthetic"
+    if not (root / MARKER).is_file():
+        generate(root, seed=EMBEDDED_SEED)
+    return root
+
+
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def build_stream(samples: list[Sample], backbone: Backbone, batch_size: int, progress: bool) -> Stream:
+    """Read, resize and encode a category's test images once (shared by all methods and refiners)."""
+    pixels = np.stack([resize_uint8(s.image, backbone.input_size) for s in tqdm(samples, desc="load", disable=not progress, leave=False)])
+    images, features = [], []
+    for start in tqdm(range(0, len(samples), batch_size), desc=f"features {backbone.name}", disable=not progress, leave=False):
+        x = backbone.preprocess(list(pixels[start : start + batch_size]))
+        images.append(x)
+        features.append(backbone.features(x))
+    labels = np.array([s.label for s in samples])
+    return Stream(pixels, torch.cat(images), FeatureSet.concat(features), labels)
+
+
+@dataclass
+class RunSummary:
+    parent_id: str
+    units: pd.DataFrame
+    timings: dict[str, float]
+
+
+class Runner:
+    """One ``bench run``: owns the store, the timers and the backbones shared across methods."""
+
+    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+        self.config = config.validate()
+        self.progress = progress
+        self.timer = StageTimer()
+        self._backbones: dict[str, Backbone] = {}
+        self._streams: dict[tuple[str, str], Stream] = {}
+
+    def backbone(self, name: str) -> Backbone:
+        if name not in self._backbones:
+            kwargs = {"device": self.config.device}
+            if self.config.weights != "default":
+                kwargs["weights"] = self.config.weights
+            self._backbones[name] = BACKBONES.create(name, **kwargs)
+        return self._backbones[name]
+
+    def stream(self, dataset: Dataset, category: str, samples: list[Sample], backbone: Backbone) -> Stream:
+        key = (backbone.name, category)
+        if key not in self._streams:
+            with self.timer.stage("features"):
+                self._streams[key] = build_stream(samples, backbone, self.config.batch_size, self.progress)
+        return self._streams[key]
+
+    def run(self) -> RunSummary:
+        cfg = self.config
+        root = cfg.data_root or embedded_root(cfg.out)
+        with self.timer.stage("load"):
+            dataset = open_dataset(root, cfg.dataset)
+            categories = select_categories(dataset, cfg.categories)
+        methods = METHODS.resolve(cfg.methods)
+        refiners = ["none"] + [r for r in REFINERS.resolve(cfg.refiners) if r != "none"]
+        store = open_store(cfg.out, cfg.tracking_uri, cfg.experiment)
+        params = {**cfg.to_params(), "data_root": str(root), "dataset_resolved": dataset.name}
+        parent = store.start_parent(f"{dataset.name}:{','.join(methods)}:{','.join(refiners)}", params)
+        try:
+            for category in tqdm(categories, desc="categories", disable=not self.progress):
+                for method_name in methods:
+                    self.run_unit(store, parent, dataset, method_name, category, refiners)
+                self._streams.clear()  # features of one category at a time
+            store.log_metrics(parent, self.timer.as_metrics())
+        except BaseException:
+            store.finish(parent, "KILLED")
+            raise
+        store.finish(parent)
+        return RunSummary(parent, store.units(parent), dict(self.timer.seconds))
+
+    def run_unit(self, store: Store, parent: str, dataset: Dataset, method_name: str, category: str, refiner_names: list[str]) -> None:
+        cfg = self.config
+        method = METHODS.create(method_name, **cfg.method_options.get(method_name, {}))
+        backbone = self.backbone(cfg.backbone or method.info.default_backbone)
+        with self.timer.stage("load"):
+            samples = dataset.test(category)
+        stream = self.stream(dataset, category, samples, backbone)
+        eval_size = cfg.eval_size or backbone.input_size
+        masks = eval_masks(samples, eval_size, cfg.mask_threshold) if dataset.has_masks else None
+        groups = make_groups(len(samples), cfg.pgt, cfg.seed)
+        with self.timer.stage("scoring"):
+            coarse = coarse_scores(method, stream.features, groups, cfg.pgt.reference)
+        scores = coarse.image_scores.numpy()
+        for contamination in cfg.pgt.contamination:
+            built = {
+                name: REFINERS.create(
+                    name, channels=backbone.channels, image_size=backbone.input_size, seed=cfg.seed,
+                    device=cfg.device, **cfg.refiner_options.get(name, {}),
+                )
+                for name in refiner_names
+            }
+            with self.timer.stage("pgt"):
+                output = run_pgt(stream, coarse, groups, method, backbone, built, cfg.pgt, contamination, cfg.seed)
+            with tempfile.TemporaryDirectory() as tmp:
+                artifacts = self.artifacts(Path(tmp), samples, stream, coarse.maps, output, masks, category)
+                for name, maps in output.maps.items():
+                    with self.timer.stage("metrics"):
+                        resized = F.interpolate(maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0]
+                        metrics = evaluate(scores, stream.labels, resized, masks, groups)
+                    unit = {"dataset": dataset.name, "method": method_name, "refiner": name,
+                            "contamination": contamination, "category": category, "seed": cfg.seed}
+                    metrics.update(group_metrics(output, name, built[name]))
+                    series = {f"loss_group{log.group}": log.losses[name] for log in output.log if name in log.losses}
+                    with self.timer.stage("logging"):
+                        store.log_unit(parent, unit, metrics, {"backbone": backbone.name}, series, artifacts)
+
+    def artifacts(self, folder: Path, samples, stream, coarse, output: PGTOutput, masks, category: str) -> list[Path]:
+        from bench.figures import save_grid
+
+        paths = []
+        table = folder / f"{category}_groups.csv"
+        with table.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["group", "n_images", "n_pseudo_normals", "n_true_anomalies_in_pseudo", "synth_seconds"])
+            for log in output.log:
+                writer.writerow([log.group, log.n_images, log.n_pseudo_normals, log.n_true_anomalies_in_pseudo, f"{log.synth_seconds:.3f}"])
+        paths.append(table)
+        anomalous = [i for i in np.concatenate(output.groups[1:] or output.groups) if stream.labels[i] == 1]
+        if self.config.figures and anomalous and masks is not None:
+            picks = sorted(anomalous)[: self.config.figures]
+            figure = folder / f"{category}_grid.png"
+            save_grid(figure, stream.pixels[picks], masks[picks], coarse[picks], {k: v[picks] for k, v in output.maps.items()},
+                      titles=[samples[i].key for i in picks])
+            paths.append(figure)
+        return paths
+
+
+def group_metrics(output: PGTOutput, name: str, refiner) -> dict[str, float]:
+    """Cost of a refiner in this unit: training and refining seconds, parameters."""
+    train = sum(log.train_seconds.get(name, 0.0) for log in output.log)
+    refine = sum(log.refine_seconds.get(name, 0.0) for log in output.log)
+    n_refined = sum(log.n_images for log in output.log if name in log.refine_seconds)
+    trained = [log for log in output.log if name in log.train_seconds]
+    return {
+        "train_seconds_total": train,
+        "train_seconds_per_group": train / len(trained) if trained else 0.0,
+        "refine_ms_per_image": 1000 * refine / n_refined if n_refined else 0.0,
+        "synth_seconds_total": sum(log.synth_seconds for log in output.log),
+        "n_parameters": float(refiner.num_parameters()),
+        "n_true_anomalies_in_pseudo": float(sum(log.n_true_anomalies_in_pseudo for log in output.log)),
+    }
+
+
+def run(config: RunConfig, progress: bool = True) -> RunSummary:
+    """Benchmark ``config``'s methods × refiners on its dataset under PGT; everything goes to MLflow."""
+    return Runner(config, progress).run()

@@ -1,0 +1,1 @@
+"""Frozen feature extractors; each module registers itself in ``bench.registry.BACKBONES``."""

@@ -1,0 +1,241 @@
+"""``bench``: a thin click shell over ``bench.api``. Errors print one line, never a traceback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchError
+
+LISTS = ("methods", "refiners", "datasets", "backbones")
+
+
+def friendly(command):
+    """Turn BenchError into a one-line ``Error: ...`` and exit code 1."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BenchError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="anorefiner-bench")
+def main() -> None:
+    """Benchmark refiners of zero-shot industrial anomaly maps (AnoRefiner: ARD + PGT).
+
+    \b
+    Quick start (embedded synthetic dataset, offline pretrained CNN):
+      bench run                       # every method, every refiner, results/ as MLflow store
+      bench table                     # the paper-style table of the latest run
+      bench ui                        # browse runs in the MLflow UI
+    """
+
+
+@main.command("list")
+@click.argument("what", required=False, type=click.Choice(LISTS))
+def list_(what: str | None) -> None:
+    """List registered methods, refiners, datasets and backbones, with a one-line description.
+
+    \b
+    Examples:
+      bench list
+      bench list methods
+    """
+    from bench import registry
+
+    for kind in [what] if what else LISTS:
+        reg = getattr(registry, kind.upper())
+        click.secho(kind, bold=True)
+        for name in reg.names():
+            click.echo(f"  {name:<20} {reg.entry(name).description}")
+
+
+@main.group()
+def data() -> None:
+    """Write the embedded synthetic dataset, or check a dataset tree."""
+
+
+@data.command("synth")
+@click.option("--out", "root", type=click.Path(path_type=Path), default=Path("results/data/synthetic"), show_default=True,
+              help="Folder to write the MVTec-layout tree into.")
+@click.option("--seed", default=0, show_default=True, help="Generator seed (the embedded default uses 0).")
+@click.option("--n-test", default=120, show_default=True, help="Test images per category (about a third anomalous).")
+@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option("--categories", default=None, help="Comma list of categories to write (default: all).")
+@friendly
+def data_synth(root: Path, seed: int, n_test: int, size: int, categories: str | None) -> None:
+    """Write the embedded synthetic dataset (procedural textures and objects with pixel masks).
+
+    \b
+    Example:
+      bench data synth --out /tmp/synthetic --n-test 60
+    """
+    from bench.datasets.synthetic import generate
+
+    cats = [c.strip() for c in categories.split(",")] if categories else None
+    path = generate(root, seed=seed, categories=cats, n_test=n_test, size=size)
+    click.echo(f"wrote {path}")
+
+
+@data.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--dataset", default=None, help="Layout: mvtec, visa, folder or synthetic (default: detected).")
+@click.option("--categories", default=None, help="Comma list of categories (default: all).")
+@friendly
+def data_check(path: Path, dataset: str | None, categories: str | None) -> None:
+    """Validate a dataset tree (every image and mask is read) and summarise each category.
+
+    \b
+    Example:
+      bench data check /data/mvtec_anomaly_detection
+    """
+    from bench.data import check_dataset, open_dataset, select_categories
+    from tabulate import tabulate
+
+    ds = open_dataset(path, dataset)
+    rows = check_dataset(ds, select_categories(ds, categories))
+    click.echo(f"{path}: {ds.name} layout, {len(rows)} categories")
+    click.echo(tabulate(rows, headers="keys", tablefmt="github"))
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(exists=True, path_type=Path), help="YAML file of options (any field of RunConfig).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Dataset root (default: the embedded synthetic dataset, made on first use).")
+@click.option("--dataset", help="Layout of --data-root: mvtec, visa, folder, synthetic (default: detected).")
+@click.option("--categories", help="Comma list of categories (default: all).")
+@click.option("--methods", help="'all' or a comma list of ZSAD methods (see `bench list methods`).  [default: all]")
+@click.option("--refiner", "refiners", help="'all' or a comma list of refiners; `none` always runs as the baseline.  [default: all]")
+@click.option("--backbone", help="Backbone for every method (default: each method's published one).")
+@click.option("--weights", help="Backbone weights: default, a pretrained tag, a checkpoint file, or 'random' (tests only).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Compute device.  [default: cpu]")
+@click.option("--seed", type=int, help="Seed of the stream order, synthesis and refiner init.  [default: 0]")
+@click.option("--contamination", help="Pseudo-normal contamination sweep, e.g. 0,0.1,0.2,0.3,0.5.  [default: 0]")
+@click.option("--n-groups", type=int, help="PGT groups per category.  [default: 4]")
+@click.option("--group-size", type=int, help="PGT group size (overrides --n-groups).")
+@click.option("--warmup", type=click.Choice(["none", "self"]), help="Group 1: keep coarse maps, or train on it and refine it.")
+@click.option("--out", type=click.Path(path_type=Path), help="Results folder: MLflow store, embedded data.  [default: results]")
+@click.option("--tracking-uri", help="Log to this MLflow tracking URI instead of <out>/mlflow.db.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any config field, e.g. --set pgt.synth_per_group=32 --set refiner_options.ard.steps=50.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly
+def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **options) -> None:
+    """Run ZSAD methods × refiners under the PGT protocol, log to MLflow, print the table.
+
+    \b
+    Examples:
+      bench run                                          # embedded default
+      bench run --methods all --refiner ard --seed 1
+      bench run --data-root /data/mvtec --methods musc --refiner ard,none --categories bottle,wood
+      bench run --refiner ard --contamination 0,0.1,0.2,0.3,0.5
+      bench run --set pgt.n_groups=3 --set refiner_options.ard.steps=40
+    """
+    from bench.api import run as run_benchmark
+    from bench.config import RunConfig, apply_overrides, load_yaml, parse_set
+    from bench.tables import PIXEL_METRICS, main_table, render
+
+    names = {"refiners": "refiners", "n_groups": "pgt.n_groups", "group_size": "pgt.group_size",
+             "warmup": "pgt.warmup", "contamination": "pgt.contamination"}
+    config = RunConfig()
+    if config_file:
+        apply_overrides(config, load_yaml(config_file))
+    apply_overrides(config, {names.get(k, k): v for k, v in options.items() if v is not None})
+    apply_overrides(config, parse_set(overrides))
+    summary = run_benchmark(config, progress=not quiet)
+    click.echo(f"MLflow run {summary.parent_id} in {config.tracking_uri or config.out}")
+    for metric in PIXEL_METRICS:
+        if metric in summary.units:
+            click.echo("\n" + render(main_table(summary.units, metric)))
+
+
+@main.command("eval")
+@click.option("--maps", "maps_root", required=True, type=click.Path(path_type=Path),
+              help="Folder of <category>/test/<defect>/<name>.npy maps (optional <category>/image_scores.csv).")
+@click.option("--data-root", type=click.Path(path_type=Path), required=True, help="The dataset the maps belong to.")
+@click.option("--dataset", help="Layout of --data-root (default: detected).")
+@click.option("--categories", help="Comma list of categories (default: all).")
+@click.option("--eval-size", default=256, show_default=True, help="Maps and masks are resized to this side.")
+@click.option("--mask-threshold", default=0.5, show_default=True, help="Resized masks are binarised at this value.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics per category and their mean as JSON.")
+@friendly
+def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str | None, eval_size: int,
+          mask_threshold: float, as_json: bool) -> None:
+    """Score anomaly maps produced elsewhere with the same metrics as `bench run`.
+
+    \b
+    Example:
+      bench eval --maps out/maps --data-root /data/mvtec --categories bottle --json
+    """
+    import pandas as pd
+
+    from bench.data import open_dataset, select_categories
+    from bench.evaluation import evaluate_maps
+    from bench.tables import render
+
+    ds = open_dataset(data_root, dataset)
+    results = evaluate_maps(ds, select_categories(ds, categories), maps_root, eval_size, mask_threshold)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(render(pd.DataFrame(results).T.rename_axis("category") * 100))
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Results folder holding mlflow.db.")
+@click.option("--tracking-uri", help="Read this MLflow tracking URI instead of <out>/mlflow.db.")
+@click.option("--experiment", default="bench", show_default=True)
+@click.option("--kind", type=click.Choice(["main", "contamination"]), default="main", show_default=True,
+              help="main: categories × methods with refiners side by side and the gain over none; "
+                   "contamination: pixel metrics per pseudo-normal contamination ratio.")
+@click.option("--metric", "metrics", multiple=True, help="Metric(s) of the main table (default: the four pixel metrics).")
+@click.option("--runs", default="latest", show_default=True, help="'latest', 'all' (averaged over seeds) or comma-separated run ids.")
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
+@friendly
+def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metrics: tuple[str, ...], runs: str, fmt: str) -> None:
+    """Render paper-style tables from the MLflow store.
+
+    \b
+    Examples:
+      bench table
+      bench table --kind contamination --format latex
+      bench table --runs all --metric pixel_ap
+    """
+    from bench.tables import PIXEL_METRICS, contamination_table, main_table, render
+    from bench.tracking import open_store
+
+    store = open_store(out, tracking_uri, experiment)
+    if runs == "all":
+        ids = list(store.parents().get("run_id", []))
+    elif runs == "latest":
+        ids = None
+    else:
+        ids = [r.strip() for r in runs.split(",")]
+    units = store.units(ids)
+    if kind == "contamination":
+        click.echo(render(contamination_table(units), fmt))
+        return
+    for metric in metrics or PIXEL_METRICS:
+        click.echo(render(main_table(units, metric), fmt) + "\n")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--port", default=5000, show_default=True)
+def ui(out: Path, port: int) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the store in --out (Ctrl-C stops it)."""
+    from bench.tracking import default_uri
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", default_uri(out), "--host", "127.0.0.1", "--port", str(port)]
+    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {default_uri(out)})")
+    raise SystemExit(subprocess.call(command, env=env))

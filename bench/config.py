@@ -1,0 +1,163 @@
+"""The typed run configuration: defaults in code, a YAML file and ``--set key=value`` on top.
+
+Every field is logged as an MLflow parameter, so a run can be reproduced from its parameters and
+seed alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import ConfigError
+
+
+@dataclass
+class PGTConfig:
+    """Progressive group-wise test-time training (DESIGN.md, section 4)."""
+
+    n_groups: int = 4  # the test stream of a category is split into this many groups...
+    group_size: int = 0  # ...unless this is > 0: groups of this many images (the last may be smaller)
+    pseudo_normal_fraction: float = 0.5  # lowest-scored fraction of a group used as pseudo-normals
+    synth_per_group: int = 48  # synthetic anomalous images made from a group's pseudo-normals
+    contamination: tuple[float, ...] = (0.0,)  # fractions of pseudo-normals replaced by true anomalies
+    warmup: str = "none"  # "none": group 1 keeps its coarse maps; "self": train on group 1, refine it
+    reference: str = "all"  # inter-image methods' reference for test maps: "all" test images or "seen" groups
+    fuse_coarse: float = 0.0  # final map = (1 - w) * refined + w * normalised coarse
+    texture_dir: str | None = None  # optional texture folder (e.g. DTD) for anomaly synthesis
+
+
+@dataclass
+class RunConfig:
+    data_root: Path | None = None  # None: the embedded synthetic dataset under <out>/data/synthetic
+    dataset: str | None = None  # None: detected from the tree
+    categories: str | None = None  # comma list; None: all
+    methods: str = "all"
+    refiners: str = "all"  # `none` (the baseline) always runs as well
+    backbone: str | None = None  # None: each method's published default
+    weights: str = "default"  # backbone weights: "default", a pretrained tag, a file, or "random"
+    device: str = "cpu"
+    seed: int = 0
+    eval_size: int = 0  # evaluation resolution; 0: the backbone's input size
+    mask_threshold: float = 0.5  # masks are resized bilinearly and binarised at this value
+    batch_size: int = 16  # backbone batch size
+    out: Path = Path("results")
+    tracking_uri: str | None = None  # None: sqlite store <out>/mlflow.db
+    experiment: str = "bench"
+    figures: int = 4  # anomalous samples per category in the figure grid (0: none)
+    pgt: PGTConfig = field(default_factory=PGTConfig)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refiner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> "RunConfig":
+        pgt = self.pgt
+        checks = [
+            (pgt.n_groups >= 1, "pgt.n_groups", pgt.n_groups, "an integer >= 1"),
+            (pgt.group_size >= 0, "pgt.group_size", pgt.group_size, "0 (use n_groups) or a positive integer"),
+            (0 < pgt.pseudo_normal_fraction <= 1, "pgt.pseudo_normal_fraction", pgt.pseudo_normal_fraction, "in (0, 1]"),
+            (pgt.synth_per_group >= 1, "pgt.synth_per_group", pgt.synth_per_group, "an integer >= 1"),
+            (all(0 <= c <= 1 for c in pgt.contamination), "pgt.contamination", pgt.contamination, "fractions in [0, 1]"),
+            (pgt.warmup in ("none", "self"), "pgt.warmup", pgt.warmup, "'none' or 'self'"),
+            (pgt.reference in ("all", "seen"), "pgt.reference", pgt.reference, "'all' or 'seen'"),
+            (0 <= pgt.fuse_coarse <= 1, "pgt.fuse_coarse", pgt.fuse_coarse, "in [0, 1]"),
+            (self.eval_size >= 0, "eval_size", self.eval_size, "0 (backbone input size) or a positive integer"),
+            (0 < self.mask_threshold < 1, "mask_threshold", self.mask_threshold, "in (0, 1)"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
+            (self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device, "'cpu' or 'cuda[:N]'"),
+        ]
+        for ok, name, value, valid in checks:
+            if not ok:
+                raise ConfigError(f"invalid {name}={value!r}: must be {valid}")
+        return self
+
+    def to_params(self) -> dict[str, str]:
+        """Flat ``{dotted.name: value}`` view, as logged to MLflow."""
+        return {k: str(v) for k, v in _flatten(dataclasses.asdict(self)).items()}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def parse_contamination(text: str) -> tuple[float, ...]:
+    """``"0,0.1,0.2"`` → ``(0.0, 0.1, 0.2)`` with an error naming the option."""
+    try:
+        values = tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"invalid --contamination {text!r}: expected fractions like 0,0.1,0.2") from None
+    if not values:
+        raise ConfigError("--contamination is empty: expected fractions like 0,0.1,0.2")
+    return values
+
+
+def _set_path(target: Any, dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if isinstance(target, dict):
+        if rest:
+            _set_path(target.setdefault(head, {}), rest, value)
+        else:
+            target[head] = value
+        return
+    names = {f.name for f in dataclasses.fields(target)}
+    if head not in names:
+        raise ConfigError(f"unknown config key {dotted!r}; known: {', '.join(sorted(names))}")
+    if rest:
+        _set_path(getattr(target, head), rest, value)
+        return
+    current = getattr(target, head)
+    if head == "contamination":
+        value = parse_contamination(value if isinstance(value, str) else ",".join(map(str, value)))
+    elif isinstance(current, Path) or head in ("data_root", "out"):
+        value = Path(value) if value is not None else None
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+        try:
+            value = type(current)(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid {dotted}={value!r}: expected {type(current).__name__}") from None
+    setattr(target, head, value)
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Set dotted keys (``pgt.n_groups``, ``refiner_options.ard.steps``) on ``config``."""
+    for key, value in overrides.items():
+        _set_path(config, key, value)
+    return config
+
+
+def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("pgt.n_groups=3", ...)`` → ``{"pgt.n_groups": 3}``, values parsed as YAML scalars."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"invalid --set {item!r}: expected KEY=VALUE, e.g. pgt.n_groups=3")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML config file, flattened to dotted keys."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option names to values")
+    # option dicts stay nested: they are free-form per method / refiner
+    flat = {}
+    for key, value in data.items():
+        if key in ("pgt",) and isinstance(value, dict):
+            flat.update({f"pgt.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat

@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints their message alone, never a traceback."""
+
+
+class BenchError(Exception):
+    """Base class: the message names the file, option or value and says what is valid."""
+
+
+class DatasetError(BenchError):
+    """A dataset tree, image or mask that cannot be used."""
+
+
+class ConfigError(BenchError):
+    """An option or config value that is out of range or unknown."""
+
+
+class WeightsError(BenchError):
+    """Model weights that cannot be found or loaded."""

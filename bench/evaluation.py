@@ -1,0 +1,103 @@
+"""``bench eval``: metrics of anomaly maps produced elsewhere, read from ``.npy`` files."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.interfaces import Dataset
+from bench.metrics import compute_metrics
+from bench.records import Sample
+
+SCORES_FILE = "image_scores.csv"  # optional, per category: columns image (<defect>/<name>), score
+
+
+def eval_masks(samples: list[Sample], size: int, threshold: float) -> torch.Tensor | None:
+    """Ground truth at the evaluation size: bilinear resize, then ``> threshold``; None without masks."""
+    if any(s.mask is None for s in samples):
+        return None
+    masks = torch.stack([torch.as_tensor(s.mask, dtype=torch.float32) for s in samples])
+    resized = F.interpolate(masks[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return resized > threshold
+
+
+def evaluate(scores: np.ndarray, labels: np.ndarray, maps: torch.Tensor, masks: torch.Tensor | None, groups: list[np.ndarray]) -> dict[str, float]:
+    """Metrics over the whole stream, and (suffix ``_g2k``) over groups 2..k only."""
+    def at(index: np.ndarray) -> dict[str, float]:
+        pixel = (maps[index].numpy(), masks[index].numpy()) if masks is not None else (None, None)
+        return compute_metrics(scores[index], labels[index], *pixel)
+
+    metrics = at(np.arange(len(labels)))
+    if len(groups) > 1:
+        later = np.sort(np.concatenate(groups[1:]))
+        metrics.update({f"{k}_g2k": v for k, v in at(later).items()})
+    return metrics
+
+
+def read_map(path: Path) -> np.ndarray:
+    """One H×W float map, with errors that name the file."""
+    if not path.is_file():
+        raise BenchError(f"missing map {path}: expected one .npy per test image as <category>/test/<defect>/<name>.npy")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path}: not a readable .npy array ({exc})") from None
+    data = np.squeeze(data)
+    if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
+        raise BenchError(f"{path}: expected a 2-D numeric map (H×W), got shape {data.shape} of {data.dtype}")
+    if not np.isfinite(data).all():
+        raise BenchError(f"{path}: the map holds NaN or infinite values")
+    return data.astype(np.float32)
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
+            raise BenchError(f"{path}: expected the columns image,score (image as <defect>/<name>)")
+        try:
+            return {row["image"]: float(row["score"]) for row in reader}
+        except ValueError as exc:
+            raise BenchError(f"{path}: a score is not a number ({exc})") from None
+
+
+def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_threshold: float, has_masks: bool) -> dict[str, float]:
+    """Metrics of one category's maps resized to ``size``; image scores from the CSV or the map maximum."""
+    maps = torch.stack([
+        torch.from_numpy(read_map(folder / "test" / s.defect / f"{Path(s.path).stem}.npy")) for s in samples
+    ]) if samples else torch.empty(0)
+    maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    scores_path = folder / SCORES_FILE
+    if scores_path.is_file():
+        given = read_scores(scores_path)
+        missing = [s.key for s in samples if s.key not in given]
+        if missing:
+            raise BenchError(f"{scores_path}: no score for {missing[0]} (and {len(missing) - 1} more)")
+        scores = np.array([given[s.key] for s in samples])
+    else:
+        scores = maps.flatten(1).max(1).values.numpy()
+    labels = np.array([s.label for s in samples])
+    if not has_masks:
+        return compute_metrics(scores, labels)
+    masks = eval_masks(samples, size, mask_threshold)
+    return compute_metrics(scores, labels, maps.numpy(), masks.numpy())
+
+
+def evaluate_maps(dataset: Dataset, categories: list[str], maps_root: Path, size: int, mask_threshold: float = 0.5) -> dict[str, dict[str, float]]:
+    """Per-category metrics and their unweighted mean (key ``mean``)."""
+    maps_root = Path(maps_root)
+    if not maps_root.is_dir():
+        raise BenchError(f"--maps {maps_root}: not a directory")
+    results = {}
+    for category in categories:
+        folder = maps_root / category
+        if not folder.is_dir():
+            raise BenchError(f"--maps {maps_root}: no folder for category {category!r} (expected {folder})")
+        results[category] = evaluate_category(dataset.test(category), folder, size, mask_threshold, dataset.has_masks)
+    keys = results[categories[0]].keys()
+    results["mean"] = {k: float(np.mean([results[c][k] for c in categories])) for k in keys}
+    return results

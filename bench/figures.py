@@ -1,0 +1,44 @@
+"""Figure grids in the paper's Fig. 1 layout: image | ground truth | coarse | one column per refiner."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def save_grid(
+    path: Path,
+    images: np.ndarray,
+    masks: torch.Tensor,
+    coarse: torch.Tensor,
+    refined: dict[str, torch.Tensor],
+    titles: list[str] | None = None,
+) -> Path:
+    """One row per sample; maps are shown with one colour scale per column."""
+    columns = [("image", None), ("ground truth", masks), ("coarse", coarse), *refined.items()]
+    rows = len(images)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.0 * len(columns), 2.0 * rows), squeeze=False)
+    for c, (name, maps) in enumerate(columns):
+        values = None if maps is None else maps.float().numpy()
+        low, high = (0, 1) if values is None else (float(values.min()), float(values.max()))
+        for r in range(rows):
+            ax = axes[r, c]
+            if values is None:
+                ax.imshow(images[r])
+            else:
+                ax.imshow(values[r], cmap="gray" if name == "ground truth" else "jet", vmin=low, vmax=high)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0 and titles:
+                ax.set_ylabel(titles[r], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)

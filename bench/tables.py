@@ -1,0 +1,63 @@
+"""Paper-style tables rendered from the units logged in the MLflow store (markdown, LaTeX, CSV)."""
+from __future__ import annotations
+
+import pandas as pd
+from tabulate import tabulate
+
+from bench.errors import BenchError
+
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
+FORMATS = ("md", "latex", "csv")
+BASELINE = "none"
+
+
+def _mean_over_seeds(units: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    if metric not in units:
+        raise BenchError(f"metric {metric!r} is not in the store; logged metrics: {', '.join(sorted(_metric_names(units)))}")
+    return units.groupby(keys, dropna=False)[metric].mean().reset_index()
+
+
+def _metric_names(units: pd.DataFrame) -> list[str]:
+    return [c for c in units.columns if c not in ("dataset", "method", "refiner", "contamination", "category", "seed")]
+
+
+def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> pd.DataFrame:
+    """Rows: categories and their unweighted mean; per method, refiners side by side and the gain over ``none``.
+
+    Uses the units without contamination; values in percent, averaged over seeds when several.
+    """
+    clean = units[units.contamination == units.contamination.min()]
+    frame = _mean_over_seeds(clean, ["method", "refiner", "category"], metric)
+    table = frame.pivot_table(index="category", columns=["method", "refiner"], values=metric, dropna=False) * 100
+    table.loc["Mean"] = table.mean(axis=0)
+    columns = {}
+    for method in table.columns.get_level_values(0).unique():
+        refiners = list(table[method].columns)
+        ordered = [BASELINE] * (BASELINE in refiners) + [r for r in refiners if r != BASELINE]
+        for refiner in ordered:
+            columns[f"{method} {refiner}"] = table[(method, refiner)]
+            if refiner != BASELINE and BASELINE in refiners:
+                columns[f"{method} Δ{refiner}"] = table[(method, refiner)] - table[(method, BASELINE)]
+    return pd.DataFrame(columns).rename_axis(f"{metric} (%)")
+
+
+def contamination_table(units: pd.DataFrame, metrics: tuple[str, ...] = ("pixel_ap", "pixel_aupro")) -> pd.DataFrame:
+    """Rows: contamination ratios; columns: method, refiner and metric, mean over categories (percent)."""
+    columns = {}
+    for metric in metrics:
+        frame = _mean_over_seeds(units, ["method", "refiner", "contamination", "category"], metric)
+        means = frame.groupby(["method", "refiner", "contamination"])[metric].mean() * 100
+        for (method, refiner), series in means.groupby(level=[0, 1]):
+            columns[f"{method} {refiner} {metric}"] = series.droplevel([0, 1])
+    return pd.DataFrame(columns).rename_axis("contamination")
+
+
+def render(table: pd.DataFrame, fmt: str = "md", digits: int = 1) -> str:
+    """A table as GitHub markdown, LaTeX (booktabs) or CSV."""
+    if fmt == "csv":
+        return table.to_csv(float_format=f"%.{digits + 2}f")
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    style = "github" if fmt == "md" else "latex_booktabs"
+    return tabulate(table, headers=[table.index.name or "", *table.columns], tablefmt=style,
+                    floatfmt=f".{digits}f", missingval="undef")

@@ -1,0 +1,1 @@
+"""Dataset loaders; each module registers itself in ``bench.registry.DATASETS``."""

@@ -1,0 +1,1 @@
+"""Zero-shot anomaly detection methods; each module registers itself in ``bench.registry.METHODS``."""

@@ -1,0 +1,1 @@
+"""Refiner decoders and baselines; each module registers itself in ``bench.registry.REFINERS``."""

@@ -100,19 +100,20 @@ def parse_contamination(text: str) -> tuple[float, ...]:
     return values
 
 
-def _set_path(target: Any, dotted: str, value: Any) -> None:
+def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
+    full = full or dotted
     head, _, rest = dotted.partition(".")
     if isinstance(target, dict):
         if rest:
-            _set_path(target.setdefault(head, {}), rest, value)
+            _set_path(target.setdefault(head, {}), rest, value, full)
         else:
             target[head] = value
         return
     names = {f.name for f in dataclasses.fields(target)}
     if head not in names:
-        raise ConfigError(f"unknown config key {dotted!r}; known: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(names))}")
     if rest:
-        _set_path(getattr(target, head), rest, value)
+        _set_path(getattr(target, head), rest, value, full)
         return
     current = getattr(target, head)
     if head == "contamination":
@@ -123,7 +124,7 @@ def _set_path(target: Any, dotted: str, value: Any) -> None:
         try:
             value = type(current)(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"invalid {dotted}={value!r}: expected {type(current).__name__}") from None
+            raise ConfigError(f"invalid {full}={value!r}: expected {type(current).__name__}") from None
     setattr(target, head, value)
 
 

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from bench.config import RunConfig, apply_overrides, load_yaml, parse_contamination, parse_set
+from bench.errors import ConfigError
+
+
+def test_overrides_are_typed_and_nested():
+    config = apply_overrides(RunConfig(), parse_set(("pgt.n_groups=3", "seed=7", "refiner_options.ard.steps=5", "out=/tmp/x")))
+    assert config.pgt.n_groups == 3 and config.seed == 7
+    assert config.refiner_options == {"ard": {"steps": 5}}
+    assert config.out == Path("/tmp/x")
+
+
+def test_contamination_sweep_is_parsed():
+    assert parse_contamination("0,0.1, 0.5") == (0.0, 0.1, 0.5)
+    assert apply_overrides(RunConfig(), {"pgt.contamination": "0,0.2"}).pgt.contamination == (0.0, 0.2)
+    with pytest.raises(ConfigError, match="--contamination"):
+        parse_contamination("a,b")
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("pgt.group_size", -1, "pgt.group_size=-1"),
+    ("pgt.contamination", "0,1.5", "pgt.contamination"),
+    ("pgt.pseudo_normal_fraction", 0, "pgt.pseudo_normal_fraction"),
+    ("pgt.warmup", "always", "pgt.warmup"),
+    ("device", "tpu", "device"),
+])
+def test_bad_values_name_the_option(key, value, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        apply_overrides(RunConfig(), {key: value}).validate()
+
+
+def test_unknown_key_and_bad_set_syntax():
+    with pytest.raises(ConfigError, match="unknown config key 'pgt.groups'"):
+        apply_overrides(RunConfig(), {"pgt.groups": 2})
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_set(("n_groups",))
+    with pytest.raises(ConfigError, match="expected int"):
+        apply_overrides(RunConfig(), {"seed": "abc"})
+
+
+def test_yaml_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 4\npgt:\n  n_groups: 2\nrefiner_options:\n  ard: {steps: 3}\n")
+    config = apply_overrides(RunConfig(), load_yaml(path))
+    assert (config.seed, config.pgt.n_groups, config.refiner_options["ard"]["steps"]) == (4, 2, 3)
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_yaml(tmp_path / "bad.yaml")
+
+
+def test_params_are_flat_strings():
+    params = RunConfig().to_params()
+    assert params["pgt.n_groups"] == "4" and params["seed"] == "0"

@@ -1,0 +1,40 @@
+import pytest
+
+from bench.errors import BenchError
+from bench.registry import METHODS, REFINERS, Registry, UnknownNameError
+
+
+def test_register_create_list_and_descriptions():
+    reg = Registry("widget", "bench.refiners")
+
+    @reg.register("a", "the a widget")
+    def make_a(x=1):
+        return ("a", x)
+
+    @reg.register("b")
+    def make_b():
+        """The b widget.
+
+        More text."""
+        return "b"
+
+    assert "a" in reg.names() and "b" in reg.names()
+    assert reg.create("a", x=2) == ("a", 2)
+    assert reg.entry("b").description == "The b widget."
+    with pytest.raises(ValueError, match="twice"):
+        reg.register("a")(make_a)
+
+
+def test_unknown_name_suggests_and_lists():
+    with pytest.raises(UnknownNameError, match=r"unknown refiner 'nnone'\. Did you mean 'none'\?") as info:
+        REFINERS.entry("nnone")
+    assert isinstance(info.value, BenchError) and "Known:" in str(info.value)
+
+
+def test_resolve_all_and_lists():
+    assert REFINERS.resolve("all") == REFINERS.names()
+    assert REFINERS.resolve(" none ") == ["none"]
+    with pytest.raises(UnknownNameError):
+        METHODS.resolve("musc,nope")
+    with pytest.raises(UnknownNameError, match="no method given"):
+        METHODS.resolve(",")

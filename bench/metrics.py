@@ -76,7 +76,7 @@ def _pool(maps: Maps, masks: Maps) -> tuple[np.ndarray, np.ndarray, list[tuple[i
     shapes = [np.shape(m) for m in maps]
     for i, (shape, mask) in enumerate(zip(shapes, masks)):
         if len(shape) != 2 or np.shape(mask) != shape:
-            raise ValueError(f"map {i} has shape {shape} but its mask {np.shape(mask)}; want equal 2-D")
+            raise ValueError(f"map {i} is {shape} but its mask {np.shape(mask)}; want equal 2-D")
     total = sum(h * w for h, w in shapes)
     scores, labels = np.empty(total, np.float32), np.empty(total, bool)
     offset = 0
@@ -302,7 +302,5 @@ def compute_metrics(
     if (maps is None) != (masks is None):
         raise ValueError("pixel metrics need both maps and masks")
     if maps is not None:
-        out |= pixel_metrics(
-            maps, masks, aupro_fpr_limit, with_binned_aupro=with_binned_aupro
-        )
+        out |= pixel_metrics(maps, masks, aupro_fpr_limit, with_binned_aupro=with_binned_aupro)
     return out

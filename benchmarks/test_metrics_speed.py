@@ -28,7 +28,7 @@ def data():
     masks = smooth > np.quantile(smooth, 0.97)
     masks[: N // 2] = False
     maps = rng.random((N, SIZE, SIZE), dtype=np.float32) + 0.5 * masks + 20 * smooth
-    return maps, masks
+    return maps.astype(np.float32), masks  # float32, as methods produce them
 
 
 def field_aupro_loop(maps, masks, fpr_limit=0.3, steps=200):

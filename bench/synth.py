@@ -16,12 +16,14 @@ terminates with a valid mask.
 Recipes (``SynthConfig.recipes``; one is drawn uniformly per image):
 
 - ``texture``: a fill image (a random image of ``texture_dir`` if given, e.g. DTD, randomly
-  flipped/rotated/brightness-jittered; otherwise a procedural texture: a coloured fractal Perlin
-  mix, stripes or a checkerboard), alpha-blended inside the mask with opacity
+  flipped, gain/offset jittered, sometimes inverted; otherwise a procedural texture: a coloured
+  fractal Perlin mix, stripes or a checkerboard), alpha-blended inside the mask with opacity
   ``beta ~ U(beta_range)`` (``beta = 1`` replaces the pixel).
 - ``cutpaste``: a window cut from another image of the group (``pool``), optionally flipped,
   rotated by a multiple of 90° and colour jittered, pasted opaquely under a Perlin or a
-  rectangular mask. Without a pool the image itself is the donor, cut at another place
+  rectangular mask; the window is taken away from the mask's own place where the image allows,
+  since a group's aligned objects would otherwise give near-identical content (where it cannot
+  move, the donor is always flipped or rotated). Without a pool the image itself is the donor
   (the CutPaste paper's setting).
 - ``pattern``: the image colour-shifted inside the mask (every channel moves by 15 to 60 levels),
   with random scratches (poly-lines) or dots drawn over it, or the colour shift alone.
@@ -215,9 +217,24 @@ def perlin_noise(
 
 
 def _draw_perlin(shape: tuple[int, int], rng: np.random.Generator, config: SynthConfig) -> np.ndarray:
+    """One random mask noise field (DRAEM draw: 2**k cells per axis, angle in [-90°, 90°]).
+
+    For speed the field is evaluated on a grid with at least 4 samples per lattice cell (every
+    pixel for fine lattices) and bilinearly upsampled to ``shape``; a smooth field loses nothing.
+    """
+    h, w = shape
     lo, hi = config.perlin_scale_range
     ky, kx = rng.integers(lo, hi, size=2)
-    return perlin_noise(shape, (2.0**ky, 2.0**kx), rng, angle=float(rng.uniform(-90.0, 90.0)))
+    res = (2.0**ky, 2.0**kx)
+    angle = float(rng.uniform(-90.0, 90.0))
+    step = max(1, int(min(h / res[0], w / res[1]) // 4))
+    hc, wc = max(2, -(-h // step)), max(2, -(-w // step))
+    if step == 1 or hc >= h or wc >= w:
+        return perlin_noise(shape, res, rng, angle)
+    y = ((np.arange(hc, dtype=np.float32) + np.float32(0.5)) * np.float32(h / hc))[:, None]
+    x = ((np.arange(wc, dtype=np.float32) + np.float32(0.5)) * np.float32(w / wc))[None, :]
+    coarse = _perlin(y, x, (h, w), res, rng, angle)
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))
 
 
 def perlin_mask(
@@ -252,9 +269,7 @@ def perlin_mask(
     mask = noise >= kth
     if region is not None:
         mask &= region
-    if not mask.any():  # degenerate (constant) noise; cannot happen with random gradients
-        mask[h // 2, w // 2] = True
-    return mask
+    return mask  # non-empty: the pixel holding the kth value is in it
 
 
 def _rect_mask(
@@ -269,7 +284,10 @@ def _rect_mask(
     area = rng.uniform(a_lo, a_hi) * h * w
     aspect = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3)))
     rh = int(np.clip(round(np.sqrt(area * aspect)), 1, h))
-    rw = int(np.clip(round(area / rh), 1, w))
+    lo_px = max(1, int(np.ceil(config.min_area_fraction * h * w)))
+    hi_px = max(lo_px, int(np.floor(config.max_area_fraction * h * w)))
+    rw = int(np.clip(round(area / rh), -(-lo_px // rh), max(1, hi_px // rh)))
+    rw = min(rw, w)
     y0 = int(rng.integers(0, h - rh + 1))
     x0 = int(rng.integers(0, w - rw + 1))
     mask = np.zeros(shape, dtype=bool)
@@ -280,8 +298,9 @@ def _rect_mask(
 def estimate_foreground(image: np.ndarray, tolerance: float = 25.0) -> np.ndarray | None:
     """Pixels unlike the median border colour (objects on a plain background), or ``None``.
 
-    Returns ``None`` (use the whole image) when the estimate covers under 5 % or over 95 % of the
-    image, i.e. when the background is not plain (textures) or nothing stands out.
+    Returns ``None`` (use the whole image) when the border is not plain (90 % of border pixels
+    within ``tolerance / 2`` of its median) or the estimate covers under 5 % or over 95 % of the
+    image (nothing stands out).
     """
     h, w = image.shape[:2]
     b = max(1, min(h, w) // 16)
@@ -289,6 +308,8 @@ def estimate_foreground(image: np.ndarray, tolerance: float = 25.0) -> np.ndarra
         [image[:b].reshape(-1, 3), image[-b:].reshape(-1, 3), image[:, :b].reshape(-1, 3), image[:, -b:].reshape(-1, 3)]
     )
     ref = np.median(border, axis=0).astype(np.int16)
+    if np.percentile(np.abs(border.astype(np.int16) - ref).max(axis=1), 90) > tolerance / 2:
+        return None  # the border is not a plain background (texture, clutter)
     diff = np.abs(image.astype(np.int16) - ref).max(axis=2)
     fg = diff > tolerance
     fg = ndimage.binary_opening(fg, iterations=1)
@@ -330,11 +351,14 @@ def _texture_files(texture_dir: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _load_texture(path: str, h: int, w: int) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.BILINEAR)
-        arr = np.asarray(im).copy()
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.BILINEAR)
+            arr = np.asarray(im).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ConfigError(f"synth.texture_dir: {path}: not a readable image ({exc})") from None
     arr.flags.writeable = False
     return arr
 
@@ -429,11 +453,17 @@ def _recipe_texture(image, rng, pool, config, region):
     return (ys, xs), np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _jitter_donor(donor: np.ndarray, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Donor image flipped / rotated by k·90° (each with p=0.5), resized to ``shape``, jittered."""
-    if rng.random() < 0.5:
+def _jitter_donor(
+    donor: np.ndarray, rng: np.random.Generator, shape: tuple[int, int], force: bool = False
+) -> np.ndarray:
+    """Donor image flipped / rotated by k·90° (each p=0.5; ``force``: at least one of them),
+    resized to ``shape``, colour jittered (p=0.5)."""
+    flip, rot = rng.random() < 0.5, rng.random() < 0.5
+    if force and not (flip or rot):
+        flip = True
+    if flip:
         donor = donor[:, ::-1]
-    if rng.random() < 0.5:
+    if rot:
         donor = np.rot90(donor, int(rng.integers(1, 4)))
     h, w = shape
     if donor.shape[:2] != (h, w):
@@ -459,29 +489,30 @@ def _recipe_cutpaste(image, rng, pool, config, region):
             usable = int(region.sum())
             if not config.min_area_fraction * usable <= mask.sum() <= config.max_area_fraction * usable:
                 mask = perlin_mask((h, w), rng, config, region)
-    src = _jitter_donor(donor, rng, (h, w))
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     bh, bw = y1 - y0, x1 - x0
-    # window of the donor with the mask's bounding-box size; for a self-donor, away from it
+    # window of the donor with the mask's bounding-box size, away from the mask's own place
+    # (a group's aligned objects would otherwise paste near-identical content)
     sy, sx = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
-    if self_donor and (h - bh > 0 or w - bw > 0):
-        for _ in range(8):
-            if abs(sy - y0) >= bh // 2 or abs(sx - x0) >= bw // 2:
-                break
-            sy, sx = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    for _ in range(8):
+        moved = abs(sy - y0) >= max(1, bh // 2) or abs(sx - x0) >= max(1, bw // 2)
+        if moved or (h == bh and w == bw):
+            break
+        sy, sx = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    moved = abs(sy - y0) >= max(1, bh // 2) or abs(sx - x0) >= max(1, bw // 2)
+    # a self-donor, or a window that could not move, is always flipped or rotated
+    src = _jitter_donor(donor, rng, (h, w), force=self_donor or not moved)
     vals = src[ys - y0 + sy, xs - x0 + sx]
     return (ys, xs), np.clip(np.rint(vals), 0, 255).astype(np.uint8)
 
 
 def _colour_shift(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Shift each channel by ±15..60 levels, reflected at the range ends: every value changes."""
-    d = rng.uniform(15.0, 60.0, size=3) * rng.choice([-1.0, 1.0], size=3)
-    d = np.rint(d).astype(np.int16)
-    p = pixels.astype(np.int16)
-    up = p + d
-    out = np.where((up < 0) | (up > 255), p - d, up)
-    return out.astype(np.uint8)
+    d = np.rint(rng.uniform(15.0, 60.0, size=3) * rng.choice([-1.0, 1.0], size=3)).astype(np.int16)
+    v = np.arange(256, dtype=np.int16)[None, :] + d[:, None]  # (3, 256) lookup tables
+    lut = np.where((v < 0) | (v > 255), np.arange(256, dtype=np.int16)[None, :] - d[:, None], v).astype(np.uint8)
+    return lut[np.arange(3), pixels]
 
 
 def _recipe_pattern(image, rng, pool, config, region):

@@ -117,7 +117,7 @@ class Runner:
             samples = dataset.test(category)
         stream = self.stream(dataset, category, samples, backbone)
         eval_size = cfg.eval_size or backbone.input_size
-        masks = eval_masks(samples, eval_size, cfg.mask_threshold) if dataset.has_masks else None
+        masks = eval_masks(samples, eval_size, cfg.mask_threshold) if dataset.category_has_masks(category) else None
         groups = make_groups(len(samples), cfg.pgt, cfg.seed)
         with self.timer.stage("scoring"):
             coarse = coarse_scores(method, stream.features, groups, cfg.pgt.reference)

@@ -77,11 +77,6 @@ def select_categories(dataset: Dataset, spec: str | None) -> list[str]:
     return chosen
 
 
-def _category_has_masks(dataset: Dataset, category: str) -> bool:
-    per_category = getattr(dataset, "category_has_masks", None)
-    return bool(per_category(category)) if callable(per_category) else bool(dataset.has_masks)
-
-
 def check_dataset(dataset: Dataset, categories: list[str] | None = None, progress: bool = True) -> list[dict]:
     """Read every test image and mask of ``categories``; one summary dict per category.
 
@@ -98,7 +93,7 @@ def check_dataset(dataset: Dataset, categories: list[str] | None = None, progres
     summaries = []
     with tqdm(total=total, desc="checking images", unit="img", disable=not progress) as bar:
         for category, samples in per_category:
-            has_masks = _category_has_masks(dataset, category)
+            has_masks = dataset.category_has_masks(category)
             sizes: set[tuple[int, int]] = set()
             n_empty = 0
             for sample in samples:

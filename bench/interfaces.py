@@ -41,6 +41,10 @@ class Dataset(ABC):
     def train_good(self, category: str) -> list[Path]:
         """Normal training images (only methods that declare they need references use them)."""
 
+    def category_has_masks(self, category: str) -> bool:
+        """Whether pixel metrics are defined for ``category`` (a generic folder may lack masks)."""
+        return self.has_masks
+
 
 class Backbone(ABC):
     """A frozen feature extractor with its own preprocessing."""

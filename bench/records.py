@@ -24,6 +24,7 @@ class Sample:
     defect: str  # "good" for normal images
     category: str
     mask_path: Path | None = None  # None: normal, or a dataset without masks
+    mask_strict: bool = True  # masks must be two-valued; False for label masks (VisA), binarised > 0
 
     @cached_property
     def image(self) -> np.ndarray:
@@ -34,7 +35,7 @@ class Sample:
     def mask(self) -> np.ndarray | None:
         """H×W bool, all False for normal images; None when the dataset has no masks."""
         if self.mask_path is not None:
-            return read_mask(self.mask_path, self.image.shape[:2])
+            return read_mask(self.mask_path, self.image.shape[:2], strict=self.mask_strict)
         if self.label == 0:
             return np.zeros(self.image.shape[:2], dtype=bool)
         return None

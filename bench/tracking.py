@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from bench.errors import BenchError

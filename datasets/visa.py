@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 
 from bench.errors import DatasetError
-from bench.imageio import read_mask
 from bench.interfaces import Dataset
 from bench.records import Sample
 from bench.registry import DATASETS
@@ -33,18 +30,6 @@ DETECT_SCORE = 200
 
 
 @dataclass(eq=False)
-class LabelMaskSample(Sample):
-    """A Sample whose mask is a label image (values 0..k): read non-strictly, binarised ``> 0``."""
-
-    @cached_property
-    def mask(self) -> np.ndarray | None:
-        if self.mask_path is not None:
-            return read_mask(self.mask_path, self.image.shape[:2], strict=False)
-        if self.label == 0:
-            return np.zeros(self.image.shape[:2], dtype=bool)
-        return None
-
-
 @dataclass(frozen=True)
 class _Row:
     line: int
@@ -153,7 +138,7 @@ class VisA(Dataset):
                     )
                 mask = self._file(row, row.mask, "mask")
             samples.append(
-                LabelMaskSample(image, row.label, "anomaly" if row.label else "good", category, mask)
+                Sample(image, row.label, "anomaly" if row.label else "good", category, mask, mask_strict=False)
             )
         if not samples:
             raise DatasetError(

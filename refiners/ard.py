@@ -38,7 +38,7 @@ coarse-map normalisation carry over from one ``fit`` to the next (PGT).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

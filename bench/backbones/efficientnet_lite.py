@@ -26,6 +26,7 @@ Stages of Lite0 (repeats, kernel, stride, expansion, out channels) and the resul
 ``(1,3,1,6,320)`` block 15. The default taps ``block4``, ``block7``, ``block10`` (outputs of those
 0-based blocks) have stride 8, 16, 16 and 40, 80, 112 channels.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,14 @@ def _block_table() -> list[dict[str, int]]:
             s = stride if j == 0 else 1
             total_stride *= s
             table.append(
-                {"kernel": kernel, "stride": s, "expand": expand,
-                 "cin": cin if j == 0 else cout, "cout": cout, "total_stride": total_stride}
+                {
+                    "kernel": kernel,
+                    "stride": s,
+                    "expand": expand,
+                    "cin": cin if j == 0 else cout,
+                    "cout": cout,
+                    "total_stride": total_stride,
+                }
             )
     return table
 
@@ -99,8 +106,15 @@ class SameConv2d(nn.Conv2d):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
         # Stride 1 with an odd kernel is symmetric 'same' padding: let the conv do it (faster).
         self._symmetric = stride == 1 and kernel % 2 == 1
-        super().__init__(cin, cout, kernel, stride=stride, groups=groups, bias=False,
-                         padding=kernel // 2 if self._symmetric else 0)
+        super().__init__(
+            cin,
+            cout,
+            kernel,
+            stride=stride,
+            groups=groups,
+            bias=False,
+            padding=kernel // 2 if self._symmetric else 0,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._symmetric:
@@ -171,7 +185,7 @@ class EfficientNetLite0(nn.Module):
             return out, None
         return out, F.relu6(self._bn1(self._conv_head(x)), inplace=True)
 
-    def fuse_batchnorm(self) -> "EfficientNetLite0":
+    def fuse_batchnorm(self) -> EfficientNetLite0:
         """Fold every BatchNorm into the conv before it (inference only; same maths, ~2× faster).
 
         The BatchNorm modules become ``nn.Identity`` and the convs gain a bias, so the state dict
@@ -181,7 +195,10 @@ class EfficientNetLite0(nn.Module):
         for block in self._blocks:
             if block.has_expand:
                 pairs.append((block, "_expand_conv", "_bn0"))
-            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+            pairs += [
+                (block, "_depthwise_conv", "_bn1"),
+                (block, "_project_conv", "_bn2"),
+            ]
         with torch.no_grad():
             for owner, conv_name, bn_name in pairs:
                 conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
@@ -231,7 +248,7 @@ def load_state_dict(model: nn.Module, path: Path) -> None:
         raise WeightsError(_weights_help(str(path)))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt file, pickle of something else, ...
+    except Exception as exc:
         raise WeightsError(f"cannot read EfficientNet-Lite0 weights from {path}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -273,7 +290,9 @@ class EfficientNetLiteBackbone(Backbone):
         if not layers:
             raise ConfigError("EfficientNet-Lite0 needs at least one layer (e.g. block4)")
         if int(input_size) < 32:
-            raise ConfigError(f"input_size must be at least 32 (the network's stride), got {input_size}")
+            raise ConfigError(
+                f"input_size must be at least 32 (the network's stride), got {input_size}"
+            )
         self.layers = tuple(layers)
         self._taps = {name: _parse_layer(name) for name in self.layers}
         self.input_size = int(input_size)
@@ -289,7 +308,11 @@ class EfficientNetLiteBackbone(Backbone):
                 self.model = EfficientNetLite0()
             self.weights_path: Path | None = None
         else:
-            path = imagenet_weights_path() if self.weights == "imagenet" else Path(self.weights).expanduser()
+            path = (
+                imagenet_weights_path()
+                if self.weights == "imagenet"
+                else Path(self.weights).expanduser()
+            )
             self.model = EfficientNetLite0()
             load_state_dict(self.model, path)
             self.weights_path = path
@@ -327,22 +350,36 @@ class EfficientNetLiteBackbone(Backbone):
                 )
             x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
             if x.shape[1:] != (size, size):
-                x = F.interpolate(x[None], size=(size, size), mode="bilinear",
-                                  align_corners=False, antialias=True)[0]
+                x = F.interpolate(
+                    x[None],
+                    size=(size, size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
             out.append((x - mean) / std)
         if not out:
             return torch.empty(0, 3, size, size)
         return torch.stack(out)
 
     def features(self, x: torch.Tensor) -> FeatureSet:
-        """Tapped block outputs ``(B, C, h, w)`` and the global average pool of the head."""
+        """Tapped block outputs ``(B, C, h, w)`` and the global average pool of the head.
+
+        Runs under ``torch.inference_mode`` (all blocks and the head: the embedding needs them;
+        the classifier is skipped). The outputs are copied out of inference mode into ordinary
+        NCHW-contiguous tensors, so a refiner may train on them (inference tensors cannot be
+        saved for backward).
+        """
         self.model.eval()
         with torch.inference_mode():
             x = x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
             maps, head = self.model.forward_features(x, set(self._taps.values()), head=True)
-            layers = {name: maps[i].contiguous() for name, i in self._taps.items()}
             embedding = head.mean(dim=(2, 3))
-        return FeatureSet(layers=layers, embedding=embedding)
+        layers = {
+            name: maps[i].clone(memory_format=torch.contiguous_format)
+            for name, i in self._taps.items()
+        }
+        return FeatureSet(layers=layers, embedding=embedding.clone())
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits of a preprocessed batch (sanity checks of the weights)."""
@@ -370,4 +407,6 @@ def create(
     input_size: square side the images are resized to (default 256).
     device: torch device of the network and of its outputs.
     """
-    return EfficientNetLiteBackbone(weights=weights, layers=layers, input_size=input_size, device=device)
+    return EfficientNetLiteBackbone(
+        weights=weights, layers=layers, input_size=input_size, device=device
+    )

@@ -158,7 +158,8 @@ class Runner:
         paths.append(table)
         anomalous = [i for i in np.concatenate(output.groups[1:] or output.groups) if stream.labels[i] == 1]
         if self.config.figures and anomalous and masks is not None:
-            picks = sorted(anomalous)[: self.config.figures]
+            anomalous = sorted(anomalous)
+            picks = [anomalous[i] for i in np.linspace(0, len(anomalous) - 1, min(self.config.figures, len(anomalous))).astype(int)]
             figure = folder / f"{category}_grid.png"
             save_grid(figure, stream.pixels[picks], masks[picks], coarse[picks], {k: v[picks] for k, v in output.maps.items()},
                       titles=[samples[i].key for i in picks])

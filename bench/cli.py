@@ -35,7 +35,7 @@ def main() -> None:
 
     \b
     Quick start (embedded synthetic dataset, offline pretrained CNN):
-      bench run                       # every method, every refiner, results/ as MLflow store
+      bench run                       # every method, ARD vs none, results/ as MLflow store
       bench table                     # the paper-style table of the latest run
       bench ui                        # browse runs in the MLflow UI
     """
@@ -114,7 +114,7 @@ def data_check(path: Path, dataset: str | None, categories: str | None) -> None:
 @click.option("--dataset", help="Layout of --data-root: mvtec, visa, folder, synthetic (default: detected).")
 @click.option("--categories", help="Comma list of categories (default: all).")
 @click.option("--methods", help="'all' or a comma list of ZSAD methods (see `bench list methods`).  [default: all]")
-@click.option("--refiner", "refiners", help="'all' or a comma list of refiners; `none` always runs as the baseline.  [default: all]")
+@click.option("--refiner", "refiners", help="'all' or a comma list of refiners; `none` always runs as the baseline.  [default: ard]")
 @click.option("--backbone", help="Backbone for every method (default: each method's published one).")
 @click.option("--weights", help="Backbone weights: default, a pretrained tag, a checkpoint file, or 'random' (tests only).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Compute device.  [default: cpu]")
@@ -142,7 +142,7 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
     """
     from bench.api import run as run_benchmark
     from bench.config import RunConfig, apply_overrides, load_yaml, parse_set
-    from bench.tables import PIXEL_METRICS, main_table, render
+    from bench.tables import PIXEL_METRICS, main_table, render, scoped
 
     names = {"refiners": "refiners", "n_groups": "pgt.n_groups", "group_size": "pgt.group_size",
              "warmup": "pgt.warmup", "contamination": "pgt.contamination"}
@@ -153,9 +153,10 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
     apply_overrides(config, parse_set(overrides))
     summary = run_benchmark(config, progress=not quiet)
     click.echo(f"MLflow run {summary.parent_id} in {config.tracking_uri or config.out}")
-    for metric in PIXEL_METRICS:
-        if metric in summary.units:
-            click.echo("\n" + render(main_table(summary.units, metric)))
+    for metric in scoped(PIXEL_METRICS, "g2k", summary.units):
+        click.echo("\n" + render(main_table(summary.units, metric)))
+    click.echo("\n_g2k: groups 2..k, the images a trained refiner refined (group 1 keeps coarse maps). "
+               "`bench table --scope stream` shows the whole stream.")
 
 
 @main.command("eval")
@@ -197,11 +198,15 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
 @click.option("--kind", type=click.Choice(["main", "contamination"]), default="main", show_default=True,
               help="main: categories × methods with refiners side by side and the gain over none; "
                    "contamination: pixel metrics per pseudo-normal contamination ratio.")
-@click.option("--metric", "metrics", multiple=True, help="Metric(s) of the main table (default: the four pixel metrics).")
+@click.option("--metric", "metrics", multiple=True, help="Metric(s) of the table (default: the four pixel metrics).")
+@click.option("--scope", type=click.Choice(["g2k", "stream"]), default="g2k", show_default=True,
+              help="g2k: groups 2..k, the images that a trained refiner refined; stream: every test image "
+                   "(group 1 keeps its coarse maps unless --warmup self).")
 @click.option("--runs", default="latest", show_default=True, help="'latest', 'all' (averaged over seeds) or comma-separated run ids.")
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
 @friendly
-def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metrics: tuple[str, ...], runs: str, fmt: str) -> None:
+def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metrics: tuple[str, ...], scope: str,
+          runs: str, fmt: str) -> None:
     """Render paper-style tables from the MLflow store.
 
     \b
@@ -210,7 +215,7 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
       bench table --kind contamination --format latex
       bench table --runs all --metric pixel_ap
     """
-    from bench.tables import PIXEL_METRICS, contamination_table, main_table, render
+    from bench.tables import PIXEL_METRICS, contamination_table, main_table, render, scoped
     from bench.tracking import open_store
 
     store = open_store(out, tracking_uri, experiment)
@@ -222,9 +227,10 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
         ids = [r.strip() for r in runs.split(",")]
     units = store.units(ids)
     if kind == "contamination":
-        click.echo(render(contamination_table(units), fmt))
+        names = scoped(tuple(metrics) or ("pixel_ap", "pixel_aupro"), scope, units)
+        click.echo(render(contamination_table(units, tuple(names)), fmt))
         return
-    for metric in metrics or PIXEL_METRICS:
+    for metric in scoped(tuple(metrics) or PIXEL_METRICS, scope, units):
         click.echo(render(main_table(units, metric), fmt) + "\n")
 
 

@@ -36,7 +36,7 @@ class RunConfig:
     dataset: str | None = None  # None: detected from the tree
     categories: str | None = None  # comma list; None: all
     methods: str = "all"
-    refiners: str = "all"  # `none` (the baseline) always runs as well
+    refiners: str = "ard"  # "all" or a comma list; `none` (the baseline) always runs as well
     backbone: str | None = None  # None: each method's published default
     weights: str = "default"  # backbone weights: "default", a pretrained tag, a file, or "random"
     device: str = "cpu"

@@ -3,7 +3,8 @@
 The test stream of a category is shuffled with the seed and split into groups G1..Gk. For each
 g = 1..k-1 the refiners train on Gg (its lowest-scored images as pseudo-normals, plus anomalies
 synthesized on them and scored by the same ZSAD method) and refine Gg+1; weights carry over.
-G1 keeps its coarse maps unless ``warmup="self"`` trains on G1 and refines it too.
+In G1 the trainable refiners keep the coarse maps unless ``warmup="self"`` trains on G1 and refines
+it too; training-free refiners refine every group.
 """
 from __future__ import annotations
 
@@ -184,8 +185,6 @@ def run_pgt(
         entry = GroupLog(group=g + 1, n_images=len(group))
         log.append(entry)
         train_on = 0 if config.warmup == "self" and g == 0 else g - 1
-        if train_on < 0:
-            continue  # group 1 without warm-up keeps its coarse maps
         if trainable and train_on > last_trained:
             source = groups[train_on]
             pseudo = select_pseudo_normals(
@@ -203,7 +202,9 @@ def run_pgt(
                 entry.train_seconds[name] = time.perf_counter() - start
             last_trained = train_on
         index = torch.as_tensor(group)
-        for name, refiner in refiners.items():
+        # without a training round yet, trainable refiners keep the coarse maps (training-free ones refine)
+        ready = {n: r for n, r in refiners.items() if train_on >= 0 or not r.trainable}
+        for name, refiner in ready.items():
             start = time.perf_counter()
             refined = refiner.refine(stream.images[index], stream.features.select(index), coarse_maps[index])
             if config.fuse_coarse > 0:

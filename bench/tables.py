@@ -8,7 +8,20 @@ from bench.errors import BenchError
 
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 FORMATS = ("md", "latex", "csv")
+SCOPES = ("g2k", "stream")  # groups 2..k (what a trained refiner refined) or the whole test stream
 BASELINE = "none"
+
+
+def scoped(metrics: tuple[str, ...], scope: str, units: pd.DataFrame) -> list[str]:
+    """Metric names for a scope: ``pixel_ap_g2k`` for groups 2..k, ``pixel_ap`` for the whole stream.
+
+    Runs with a single group have no ``_g2k`` metrics; their whole-stream metrics are used then.
+    """
+    if scope not in SCOPES:
+        raise BenchError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if scope == "stream":
+        return list(metrics)
+    return [f"{m}_g2k" if f"{m}_g2k" in units else m for m in metrics]
 
 
 def _mean_over_seeds(units: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:

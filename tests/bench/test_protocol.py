@@ -129,3 +129,16 @@ def test_groups_too_small_for_an_inter_image_method(tiny_backbone, brightness_me
     coarse = coarse_scores(brightness_method, stream.features, groups, "all")
     with pytest.raises(ConfigError, match="needs at least 3"):
         run_pgt(stream, coarse, groups, brightness_method, tiny_backbone, {"fake": CountingRefiner()}, config, 0.0, 0)
+
+
+def test_training_free_refiners_refine_group_1_too(tiny_backbone, brightness_method):
+    from bench.registry import REFINERS
+
+    stream = make_stream(tiny_backbone)
+    config = PGTConfig(n_groups=3, synth_per_group=4)
+    groups = make_groups(24, config, 0)
+    coarse = coarse_scores(brightness_method, stream.features, groups, "all")
+    smooth = REFINERS.create("gaussian", channels={"pool4": 3}, image_size=32, sigma=2)
+    out = run_pgt(stream, coarse, groups, brightness_method, tiny_backbone, {"fake": CountingRefiner(), "gaussian": smooth}, config, 0.0, 0)
+    assert ["gaussian" in log.refine_seconds for log in out.log] == [True, True, True]
+    assert ["fake" in log.refine_seconds for log in out.log] == [False, True, True]

@@ -195,8 +195,9 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Results folder holding mlflow.db.")
 @click.option("--tracking-uri", help="Read this MLflow tracking URI instead of <out>/mlflow.db.")
 @click.option("--experiment", default="bench", show_default=True)
-@click.option("--kind", type=click.Choice(["main", "contamination"]), default="main", show_default=True,
+@click.option("--kind", type=click.Choice(["main", "decoders", "contamination"]), default="main", show_default=True,
               help="main: categories × methods with refiners side by side and the gain over none; "
+                   "decoders: per method, refiners as rows (mean ± std over seeds, best in bold) with their cost; "
                    "contamination: pixel metrics per pseudo-normal contamination ratio.")
 @click.option("--metric", "metrics", multiple=True, help="Metric(s) of the table (default: the four pixel metrics).")
 @click.option("--scope", type=click.Choice(["g2k", "stream"]), default="g2k", show_default=True,
@@ -213,9 +214,10 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
     Examples:
       bench table
       bench table --kind contamination --format latex
+      bench table --kind decoders --runs all      # mean ± std over the seeds of every run
       bench table --runs all --metric pixel_ap
     """
-    from bench.tables import PIXEL_METRICS, contamination_table, main_table, render, scoped
+    from bench.tables import PIXEL_METRICS, contamination_table, decoder_table, main_table, render, scoped
     from bench.tracking import open_store
 
     store = open_store(out, tracking_uri, experiment)
@@ -226,6 +228,9 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
     else:
         ids = [r.strip() for r in runs.split(",")]
     units = store.units(ids)
+    if kind == "decoders":
+        click.echo(render(decoder_table(units, scoped(tuple(metrics) or PIXEL_METRICS, scope, units)), fmt))
+        return
     if kind == "contamination":
         names = scoped(tuple(metrics) or ("pixel_ap", "pixel_aupro"), scope, units)
         click.echo(render(contamination_table(units, tuple(names)), fmt))

@@ -1,6 +1,8 @@
 """Paper-style tables rendered from the units logged in the MLflow store (markdown, LaTeX, CSV)."""
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 from tabulate import tabulate
 
@@ -65,12 +67,57 @@ def contamination_table(units: pd.DataFrame, metrics: tuple[str, ...] = ("pixel_
     return pd.DataFrame(columns).rename_axis("contamination")
 
 
+COST_COLUMNS = {"n_parameters": "params", "train_seconds_per_group": "train s/group", "refine_ms_per_image": "refine ms/img"}
+
+
+def decoder_table(units: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per method, refiners as rows: each metric's category mean (percent) as mean ± std over seeds,
+    the best mean per column in bold, and each refiner's cost."""
+    clean = units[units.contamination == units.contamination.min()]
+    rows = []
+    for (method, refiner), unit in clean.groupby(["method", "refiner"]):
+        per_seed = unit.groupby("seed")[metrics].mean() * 100  # category mean, per seed
+        row = {"method": method, "refiner": refiner}
+        for metric in metrics:
+            row[metric] = (per_seed[metric].mean(), per_seed[metric].std(ddof=0))
+        for key, name in COST_COLUMNS.items():
+            row[name] = unit[key].mean() if key in unit else float("nan")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for metric in metrics:
+        best = frame.groupby("method")[metric].transform(lambda cells: max(m for m, _ in cells))
+        frame[metric] = [_cell(m, s, m == b) for (m, s), b in zip(frame[metric], best)]
+    frame["params"] = frame["params"].map(lambda n: f"{n / 1e6:.2f}M" if n else "0")
+    frame["train s/group"] = frame["train s/group"].map(lambda t: f"{t:.1f}")
+    frame["refine ms/img"] = frame["refine ms/img"].map(lambda t: f"{t:.1f}")
+    frame.index = frame.pop("method") + " / " + frame.pop("refiner")
+    return frame.rename_axis(f"method / refiner (% over {clean.seed.nunique()} seed(s))")
+
+
+def _cell(mean: float, std: float, best: bool) -> str:
+    text = f"{mean:.1f} ± {std:.1f}"
+    return f"**{text}**" if best else text
+
+
 def render(table: pd.DataFrame, fmt: str = "md", digits: int = 1) -> str:
-    """A table as GitHub markdown, LaTeX (booktabs) or CSV."""
+    """A table as GitHub markdown, LaTeX (booktabs; ``**x**`` cells become ``\\textbf{x}``) or CSV."""
     if fmt == "csv":
         return table.to_csv(float_format=f"%.{digits + 2}f")
     if fmt not in FORMATS:
         raise BenchError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    style = "github" if fmt == "md" else "latex_booktabs"
-    return tabulate(table, headers=[table.index.name or "", *table.columns], tablefmt=style,
+    headers = [table.index.name or "", *table.columns]
+    if fmt == "md":
+        return tabulate(table, headers=headers, tablefmt="github", floatfmt=f".{digits}f", missingval="undef")
+    escaped = table.rename(index=_latex, columns=_latex).map(lambda v: _latex(v) if isinstance(v, str) else v)
+    text = tabulate(escaped, headers=[_latex(h) for h in headers], tablefmt="latex_raw",
                     floatfmt=f".{digits}f", missingval="undef")
+    rules = iter(["\\toprule", "\\midrule", "\\bottomrule"])
+    return "\n".join(next(rules, line) if line.strip() == "\\hline" else line for line in text.splitlines())
+
+
+def _latex(text: object) -> object:
+    """Escape LaTeX specials; ``**x**`` (best cell) becomes ``\\textbf{x}``."""
+    if not isinstance(text, str):
+        return text
+    text = re.sub(r"([_%&#$])", r"\\\1", text).replace("±", "$\\pm$")
+    return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)

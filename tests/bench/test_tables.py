@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.tables import contamination_table, main_table, render
+from bench.tables import contamination_table, decoder_table, main_table, render
 
 
 def units():
@@ -43,3 +43,17 @@ def test_render_formats():
         render(table, "html")
     with pytest.raises(BenchError, match="metric 'nope'"):
         main_table(units(), "nope")
+
+
+def test_decoder_table_mean_std_over_seeds_best_in_bold_and_cost():
+    frame = units()
+    frame["n_parameters"] = frame.refiner.map({"none": 0.0, "ard": 5e5})
+    frame["train_seconds_per_group"] = frame.refiner.map({"none": 0.0, "ard": 12.0})
+    frame["refine_ms_per_image"] = 1.0
+    table = decoder_table(frame, ["pixel_ap"])
+    assert list(table.index) == ["musc / ard", "musc / none"]
+    assert table.loc["musc / ard", "pixel_ap"] == "**61.0 ± 1.0**"  # seeds: 60 and 62
+    assert table.loc["musc / none", "pixel_ap"] == "51.0 ± 1.0"
+    assert table.loc["musc / ard", "params"] == "0.50M" and table.loc["musc / ard", "train s/group"] == "12.0"
+    latex = render(table, "latex")
+    assert "\\textbf{61.0 $\\pm$ 1.0}" in latex and "pixel\\_ap" in latex

@@ -152,9 +152,13 @@ class Runner:
         table = folder / f"{category}_groups.csv"
         with table.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["group", "n_images", "n_pseudo_normals", "n_true_anomalies_in_pseudo", "synth_seconds"])
+            names = list(output.maps)
+            writer.writerow(["group", "n_images", "n_pseudo_normals", "n_true_anomalies_in_pseudo", "synth_seconds",
+                             *[f"train_seconds_{n}" for n in names], *[f"refine_seconds_{n}" for n in names]])
             for log in output.log:
-                writer.writerow([log.group, log.n_images, log.n_pseudo_normals, log.n_true_anomalies_in_pseudo, f"{log.synth_seconds:.3f}"])
+                writer.writerow([log.group, log.n_images, log.n_pseudo_normals, log.n_true_anomalies_in_pseudo,
+                                 f"{log.synth_seconds:.3f}", *[f"{log.train_seconds.get(n, 0):.3f}" for n in names],
+                                 *[f"{log.refine_seconds.get(n, 0):.3f}" for n in names]])
         paths.append(table)
         anomalous = [i for i in np.concatenate(output.groups[1:] or output.groups) if stream.labels[i] == 1]
         if self.config.figures and anomalous and masks is not None:

@@ -3,9 +3,9 @@
 One call refines the whole batch; divide by ``extra_info["images"]`` for the time per image.
 """
 import pytest
-import torch
 
 from bench.registry import REFINERS
+from refiner_inputs import images_and_coarse, one_intra_op_thread
 
 BATCH, SIZE, GRID = 16, 256, 16
 
@@ -13,17 +13,12 @@ BATCH, SIZE, GRID = 16, 256, 16
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One intra-op thread, so the torch refiners compete on equal terms with scipy (single-threaded)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    yield from one_intra_op_thread()
 
 
 @pytest.mark.parametrize("name", ["none", "gaussian", "guided"])
 def test_refine_256px(benchmark, name):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
-    coarse = torch.rand(BATCH, GRID, GRID, generator=g)
+    images, coarse = images_and_coarse(BATCH, (SIZE, SIZE), (GRID, GRID))
     refiner = REFINERS.create(name, channels={}, image_size=SIZE)
     benchmark.group = "refine 256px"
     benchmark.extra_info["images"] = BATCH

@@ -12,15 +12,11 @@ from bench.errors import ConfigError
 from bench.refiners.gaussian import gaussian_smooth
 from bench.refiners.none import upsample
 from bench.registry import REFINERS
+from refiner_inputs import images_and_coarse as inputs
 
 
 def make(**options):
     return REFINERS.create("gaussian", channels={"a": 8}, image_size=32, **options)
-
-
-def inputs(n: int, size: tuple[int, int], grid: tuple[int, int], seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, *size, generator=g), torch.rand(n, *grid, generator=g)
 
 
 def test_registered_and_untrained():

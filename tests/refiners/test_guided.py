@@ -11,15 +11,11 @@ from bench.errors import ConfigError
 from bench.refiners.guided import LUMA, box_mean, guided_filter, make_guide
 from bench.refiners.none import upsample
 from bench.registry import REFINERS
+from refiner_inputs import images_and_coarse as inputs
 
 
 def make(**options):
     return REFINERS.create("guided", channels={"a": 8}, image_size=32, **options)
-
-
-def inputs(n: int, size: tuple[int, int], grid: tuple[int, int], seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, *size, generator=g), torch.rand(n, *grid, generator=g)
 
 
 # ---- a direct, obviously-correct reference -------------------------------------------------

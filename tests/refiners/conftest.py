@@ -1,0 +1,11 @@
+"""Fixtures of the refiner tests; their inputs and small widths live in tests/refiner_inputs.py
+(shared with the refiner speed benchmark, which cannot import this conftest)."""
+import pytest
+
+from refiner_inputs import one_intra_op_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every refiner test module runs on one intra-op thread (see ``one_intra_op_thread``)."""
+    yield from one_intra_op_thread()

@@ -53,6 +53,28 @@ class Backbone(ABC):
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resample: str = "bilinear"  # how the stream builder resizes images to input_size ("bilinear" | "bicubic")
+
+    def identity(self) -> dict[str, object]:
+        """Everything that determines the features of a given image, for the feature cache.
+
+        The default reads the usual attributes: ``name``, ``input_size``, ``layers`` (or the
+        layer names), ``weights`` and ``weights_path``/``weights_file`` (a file is replaced by the
+        hash of its content in the cache key), ``precision``. A backbone with other options that
+        change its features must override this and add them.
+        """
+        layers = getattr(self, "layers", None) or tuple(self.channels)
+        path = getattr(self, "weights_file", None) or getattr(self, "weights_path", None)
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "name": self.name,
+            "input_size": int(self.input_size),
+            "layers": [str(layer) for layer in layers],
+            "weights": str(getattr(self, "weights", "")),
+            "weights_file": str(path) if path is not None else None,
+            "precision": str(getattr(self, "precision", "fp32")),
+            "resample": self.resample,
+        }
 
     @abstractmethod
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -79,12 +101,41 @@ class MethodInfo:
     min_images: int = 1  # smallest set the method can score
     settings: dict[str, object] = field(default_factory=dict)
     deviations: str = ""
+    # Backbone factory options the method needs, per backbone registry name, e.g. MuSc:
+    # {"ViT-L-14-336": {"layers": ("block6", "block12", "block18", "block24"), "input_size": 518}}.
+    # A backbone that is not listed is created with its own defaults (the method must work with
+    # whatever backbone the user picks). Read through ``Method.backbone_options``.
+    backbone_options: dict[str, dict[str, object]] = field(default_factory=dict)
+    # False: the method can only score the dataset's own test images (``external`` reads their
+    # maps from files), so PGT cannot score synthetic training images and trainable refiners
+    # are refused with a clear error before anything runs.
+    scores_unseen_images: bool = True
 
 
 class Method(ABC):
-    """A zero-shot anomaly detector on frozen features."""
+    """A zero-shot anomaly detector on frozen features.
+
+    Life cycle in a run: the Runner creates the method, asks ``backbone_options(name)`` for the
+    options of the backbone it will use, creates (or reuses) that backbone with them, calls
+    ``bind(backbone)`` once, then calls ``score`` as often as the protocol needs.
+    """
 
     info: MethodInfo
+
+    def backbone_options(self, backbone: str) -> dict[str, object]:
+        """Factory options for backbone ``backbone`` (registry name); {} = the backbone's defaults.
+
+        Default: ``info.backbone_options.get(backbone, {})``. Override for rules over whole
+        backbone families. The Runner merges the user's ``--weights`` and ``--device`` on top.
+        """
+        return dict(self.info.backbone_options.get(backbone, {}))
+
+    def bind(self, backbone: Backbone) -> None:
+        """Called once by the Runner with the backbone the method will score features of.
+
+        Default: nothing. CLIP methods encode their text prompts here with the backbone's text
+        tower (``backbone.encode_text``); ``external`` takes its map size from it.
+        """
 
     @abstractmethod
     def score(self, features: FeatureSet, reference: FeatureSet | None = None) -> ScoreOutput:

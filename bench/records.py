@@ -48,23 +48,46 @@ class Sample:
 
 @dataclass
 class FeatureSet:
-    """Frozen-backbone output for a batch: named patch maps ``(B, C, h, w)`` and a global embedding."""
+    """Frozen-backbone output for a batch: named patch maps ``(B, C, h, w)`` and a global embedding.
+
+    ``keys`` and ``category`` say which images the rows are (``Sample.key``, i.e.
+    ``<defect>/<file stem>``, and the category), so that a method can look up per-image data
+    that the features cannot carry (``external`` reads maps from files). The Runner's stream
+    builder fills them for a category's test images; images with no file (PGT's synthetic
+    anomalies) have ``keys=None``. They follow ``select`` and ``concat``; a concat of keyed and
+    unkeyed parts has ``keys=None``.
+    """
 
     layers: dict[str, torch.Tensor]
     embedding: torch.Tensor  # (B, D)
+    keys: list[str] | None = None  # one Sample.key per row, or None (unknown / synthetic images)
+    category: str | None = None
 
     def __len__(self) -> int:
         return self.embedding.shape[0]
 
     def select(self, index: torch.Tensor | list[int] | slice) -> "FeatureSet":
-        return FeatureSet({k: v[index] for k, v in self.layers.items()}, self.embedding[index])
+        keys = None
+        if self.keys is not None:
+            if isinstance(index, slice):
+                keys = self.keys[index]
+            else:
+                rows = torch.as_tensor(index).reshape(-1)
+                if rows.dtype == torch.bool:
+                    rows = rows.nonzero().reshape(-1)
+                keys = [self.keys[int(i)] for i in rows]
+        return FeatureSet({k: v[index] for k, v in self.layers.items()}, self.embedding[index], keys, self.category)
 
     @staticmethod
     def concat(parts: list["FeatureSet"]) -> "FeatureSet":
         names = parts[0].layers
+        keyed = all(p.keys is not None for p in parts)
+        categories = {p.category for p in parts}
         return FeatureSet(
             {k: torch.cat([p.layers[k] for p in parts]) for k in names},
             torch.cat([p.embedding for p in parts]),
+            [key for p in parts for key in p.keys] if keyed else None,
+            categories.pop() if len(categories) == 1 else None,
         )
 
 

@@ -65,16 +65,30 @@ AUTO_BLOCK_ELEMENTS = 1 << 20
 # 256 MiB), so that each distance block serves both directions (half the matmuls).
 SYMMETRIC_MINIMA_ELEMENTS = 1 << 26
 
+# The official setting (configs/musc.yaml: ViT-L-14-336, openai, img_resize 518,
+# feature_layers [5, 11, 17, 23] 0-based = blocks 6/12/18/24 in bench's 1-based naming). Other
+# backbones are used with their own defaults (open_clip ViTs: 4 evenly spaced blocks, native size).
+OFFICIAL_BACKBONE = "ViT-L-14-336"
+BACKBONE_OPTIONS: dict[str, dict[str, object]] = {
+    OFFICIAL_BACKBONE: {"layers": ("block6", "block12", "block18", "block24"), "input_size": 518},
+}
+
 DEVIATIONS = (
     "Backbone: the default is the offline CNN EfficientNet-Lite0 (blocks 4/7/10, 256 px, 16x16 "
-    "grid) instead of CLIP ViT-L-14-336 at 518 px with blocks 6/12/18/24 (CLIP backbones come "
-    "later); the layers have different channel counts and resolutions, so LNAMD runs per layer "
-    "and each is resized to one grid (the official code resizes to the first layer's grid; all "
-    "its ViT layers share it). "
+    "grid), because CLIP weights need a download; the official setting is `--backbone "
+    "ViT-L-14-336` (open_clip, 'openai' weights, or a local checkpoint via --weights), which the "
+    "method asks for through backbone_options: 518 px (position embedding resized bicubically by "
+    "open_clip), patch tokens of blocks 6/12/18/24 (before ln_post, class token dropped), 37x37 "
+    "grid; on CUDA the backbone runs under fp16 autocast as the official code. On the CNN the "
+    "layers have different channel counts and resolutions, so LNAMD runs per layer and each is "
+    "resized to one grid (the official code resizes to the first layer's grid; all its ViT layers "
+    "share it, as ours do on a ViT). Other open_clip ViTs run with 4 evenly spaced blocks at "
+    "their native size (not an official setting). "
     "RsCIN: scores are not min-max normalised over the set before smoothing; since each smoothing "
     "row sums to 1 the result is an increasing affine map of the official one (same ranking and "
     "image metrics), stays on the map's scale, and is defined when all scores are equal. RsCIN "
-    "uses the backbone's pooled embedding (L2-normalised) instead of CLIP's image embedding; k "
+    "uses the backbone's embedding: on CLIP the L2-normalised projected image embedding as the "
+    "official code, on the CNN its pooled head (L2-normalised); k "
     "values larger than the batch are clipped to it; in reference mode the neighbours are the "
     "other images of the scored batch. "
     "Image score is the max of the grid-resolution map; this equals the official max of the "
@@ -280,8 +294,25 @@ def rscin(
 # --------------------------------------------------------------------------- the method
 
 
+@METHODS.register(
+    "musc",
+    "MuSc (ICLR 2024): training-free mutual scoring of unlabeled images (LNAMD + MSM + RsCIN)",
+)
 class MuSc(Method):
-    """Training-free inter-image scoring (LNAMD + MSM + RsCIN)."""
+    """Training-free inter-image scoring (LNAMD + MSM + RsCIN), with the official settings by default.
+
+    r_list: LNAMD aggregation degrees (odd; official 1, 3, 5).
+    interval: fraction of the per-reference-image minima averaged, smallest first (official 0.3).
+    grid: side of the common scoring grid; None = the coarsest layer's size (16 for
+    EfficientNet-Lite0 at 256 px).
+    rscin: re-score image scores with RsCIN (official: on).
+    rscin_k: RsCIN neighbourhood sizes (official (1, 2, 3) for MVTec AD, (1, 8, 9) for VisA).
+    chunk: images per distance block on each side; None = automatic (about 2^20 distances per
+    block: 4 images at a 16×16 grid, 1 at 37×37). Memory stays bounded by one block plus the
+    per-image minima; results do not depend on it.
+    layernorm: "image" = LayerNorm over (C, h, w) of each image, as the official code;
+    "token" = over the channels of each patch token (an option, not the official behaviour).
+    """
 
     def __init__(
         self,
@@ -337,6 +368,7 @@ class MuSc(Method):
                 "map_resolution": "grid (the protocol upsamples)",
             },
             deviations=DEVIATIONS,
+            backbone_options=BACKBONE_OPTIONS,
         )
 
     # -- helpers
@@ -412,41 +444,3 @@ class MuSc(Method):
                 image_scores, features.embedding.to(image_scores.device), self.rscin_k
             )
         return ScoreOutput(image_scores=image_scores, maps=maps)
-
-
-@METHODS.register(
-    "musc",
-    "MuSc (ICLR 2024): training-free mutual scoring of unlabeled images (LNAMD + MSM + RsCIN)",
-)
-def create(
-    r_list: Sequence[int] = (1, 3, 5),
-    interval: float = 0.3,
-    grid: int | None = None,
-    rscin: bool = True,
-    rscin_k: Sequence[int] = (1, 2, 3),
-    chunk: int | None = None,
-    layernorm: str = "image",
-) -> MuSc:
-    """MuSc with the official settings by default.
-
-    r_list: LNAMD aggregation degrees (odd; official 1, 3, 5).
-    interval: fraction of the per-reference-image minima averaged, smallest first (official 0.3).
-    grid: side of the common scoring grid; None = the coarsest layer's size (16 for
-    EfficientNet-Lite0 at 256 px).
-    rscin: re-score image scores with RsCIN (official: on).
-    rscin_k: RsCIN neighbourhood sizes (official (1, 2, 3) for MVTec AD, (1, 8, 9) for VisA).
-    chunk: images per distance block on each side; None = automatic (about 2^20 distances per
-    block: 4 images at a 16×16 grid, 1 at 37×37). Memory stays bounded by one block plus the
-    per-image minima; results do not depend on it.
-    layernorm: "image" = LayerNorm over (C, h, w) of each image, as the official code;
-    "token" = over the channels of each patch token (an option, not the official behaviour).
-    """
-    return MuSc(
-        r_list=r_list,
-        interval=interval,
-        grid=grid,
-        rscin=rscin,
-        rscin_k=rscin_k,
-        chunk=chunk,
-        layernorm=layernorm,
-    )

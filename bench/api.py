@@ -8,18 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from bench.cache import FeatureCache, encode
 from bench.config import RunConfig
 from bench.data import open_dataset, select_categories
-from bench.interfaces import Backbone, Dataset
+from bench.errors import ConfigError
 from bench.evaluation import eval_masks, evaluate
-from bench.protocol import PGTOutput, Stream, coarse_scores, make_groups, run_pgt
-from bench.records import FeatureSet, Sample
+from bench.interfaces import Backbone, Dataset
+from bench.protocol import PGTOutput, Stream, check_group_sizes, coarse_scores, make_groups, run_pgt
+from bench.records import Sample
 from bench.registry import BACKBONES, METHODS, REFINERS
+from bench.resume import ResumeState, start_or_resume
 from bench.timing import StageTimer
 from bench.tracking import Store, open_store
 
@@ -36,22 +38,43 @@ def embedded_root(out: Path) -> Path:
     return root
 
 
-def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize_uint8(image: np.ndarray, size: int, resample: str = "bilinear") -> np.ndarray:
     if image.shape[:2] == (size, size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size, size), RESAMPLE[resample]))
 
 
-def build_stream(samples: list[Sample], backbone: Backbone, batch_size: int, progress: bool) -> Stream:
-    """Read, resize and encode a category's test images once (shared by all methods and refiners)."""
-    pixels = np.stack([resize_uint8(s.image, backbone.input_size) for s in tqdm(samples, desc="load", disable=not progress, leave=False)])
-    images, features = [], []
-    for start in tqdm(range(0, len(samples), batch_size), desc=f"features {backbone.name}", disable=not progress, leave=False):
-        x = backbone.preprocess(list(pixels[start : start + batch_size]))
-        images.append(x)
-        features.append(backbone.features(x))
+def build_stream(samples: list[Sample], backbone: Backbone, batch_size: int, progress: bool,
+                 cache: FeatureCache | None = None) -> Stream:
+    """Read, resize and encode a category's test images once (shared by all methods and refiners).
+
+    Images are resized to the backbone's input size with its declared resampling; features go
+    through ``cache`` when given (only images not in it reach the backbone). The FeatureSet
+    carries the samples' keys and category (``FeatureSet.keys``).
+    """
+    pixels = np.stack([resize_uint8(s.image, backbone.input_size, backbone.resample)
+                       for s in tqdm(samples, desc="load", disable=not progress, leave=False)])
+    def bar(batches):
+        return tqdm(batches, desc=f"features {backbone.name}", disable=not progress, leave=False)
+
+    images, features = encode(backbone, list(pixels), batch_size, cache, bar)
+    features.keys = [s.key for s in samples]
+    categories = {s.category for s in samples}
+    features.category = categories.pop() if len(categories) == 1 else None
     labels = np.array([s.label for s in samples])
-    return Stream(pixels, torch.cat(images), FeatureSet.concat(features), labels)
+    return Stream(pixels, images, features, labels)
+
+
+def _frozen(value: object) -> object:
+    """Hashable form of an options value (dicts, lists and tuples nested)."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 @dataclass
@@ -68,22 +91,41 @@ class Runner:
         self.config = config.validate()
         self.progress = progress
         self.timer = StageTimer()
-        self._backbones: dict[str, Backbone] = {}
-        self._streams: dict[tuple[str, str], Stream] = {}
+        self.resume_state: ResumeState | None = None  # set by run(): the parent run and the units it holds
+        self._backbones: dict[tuple, Backbone] = {}
+        self._caches: dict[int, FeatureCache] = {}
+        self._streams: dict[tuple[int, str], Stream] = {}
 
-    def backbone(self, name: str) -> Backbone:
-        if name not in self._backbones:
-            kwargs = {"device": self.config.device}
-            if self.config.weights != "default":
-                kwargs["weights"] = self.config.weights
-            self._backbones[name] = BACKBONES.create(name, **kwargs)
-        return self._backbones[name]
+    def backbone_kwargs(self, options: dict[str, object] | None = None) -> dict[str, object]:
+        """Factory options of a backbone: the method's, then the run's ``--weights`` / ``--device``."""
+        kwargs = dict(options or {})
+        kwargs["device"] = self.config.device
+        if self.config.weights != "default":
+            kwargs["weights"] = self.config.weights
+        return kwargs
+
+    def backbone(self, name: str, options: dict[str, object] | None = None) -> Backbone:
+        """The backbone ``name`` created with ``options``; one instance per (name, options)."""
+        kwargs = self.backbone_kwargs(options)
+        key = (name, _frozen(kwargs))
+        if key not in self._backbones:
+            self._backbones[key] = BACKBONES.create(name, **kwargs)
+        return self._backbones[key]
+
+    def feature_cache(self, backbone: Backbone) -> FeatureCache | None:
+        """The on-disk feature cache of ``backbone`` under ``<out>/cache`` (None with cache off)."""
+        if not self.config.cache:
+            return None
+        if id(backbone) not in self._caches:
+            self._caches[id(backbone)] = FeatureCache(Path(self.config.out) / "cache", backbone)
+        return self._caches[id(backbone)]
 
     def stream(self, dataset: Dataset, category: str, samples: list[Sample], backbone: Backbone) -> Stream:
-        key = (backbone.name, category)
+        key = (id(backbone), category)  # backbones are unique per (name, options), see backbone()
         if key not in self._streams:
             with self.timer.stage("features"):
-                self._streams[key] = build_stream(samples, backbone, self.config.batch_size, self.progress)
+                cache = self.feature_cache(backbone)
+                self._streams[key] = build_stream(samples, backbone, self.config.batch_size, self.progress, cache)
         return self._streams[key]
 
     def run(self) -> RunSummary:
@@ -94,47 +136,75 @@ class Runner:
             categories = select_categories(dataset, cfg.categories)
         methods = METHODS.resolve(cfg.methods)
         refiners = ["none"] + [r for r in REFINERS.resolve(cfg.refiners) if r != "none"]
+        preflight(dataset, categories, methods, cfg)
         store = open_store(cfg.out, cfg.tracking_uri, cfg.experiment)
-        params = {**cfg.to_params(), "data_root": str(root), "dataset_resolved": dataset.name}
-        parent = store.start_parent(f"{dataset.name}:{','.join(methods)}:{','.join(refiners)}", params)
+        params = {**cfg.to_params(), "data_root": str(Path(root).resolve()), "dataset_resolved": dataset.name}
+        # a new parent run, or the unfinished one of the same config (bench.resume)
+        state = self.resume_state = start_or_resume(
+            store, f"{dataset.name}:{','.join(methods)}:{','.join(refiners)}", params, cfg.resume)
+        parent = state.parent_id
         try:
             for category in tqdm(categories, desc="categories", disable=not self.progress):
                 for method_name in methods:
-                    self.run_unit(store, parent, dataset, method_name, category, refiners)
+                    if not state.method_done(category, method_name, cfg.pgt.contamination, refiners):
+                        self.run_unit(store, parent, dataset, method_name, category, refiners)
                 self._streams.clear()  # features of one category at a time
             store.log_metrics(parent, self.timer.as_metrics())
-        except BaseException:
-            store.finish(parent, "KILLED")
+        except BaseException as exc:
+            store.finish(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
             raise
         store.finish(parent)
         return RunSummary(parent, store.units(parent), dict(self.timer.seconds))
 
+    def refiners(self, names: list[str], backbone: Backbone) -> dict:
+        """Fresh refiners for one unit (state starts empty, then carries over between its groups)."""
+        cfg = self.config
+        return {
+            name: REFINERS.create(
+                name, channels=backbone.channels, image_size=backbone.input_size, seed=cfg.seed,
+                device=cfg.device, **cfg.refiner_options.get(name, {}),
+            )
+            for name in names
+        }
+
     def run_unit(self, store: Store, parent: str, dataset: Dataset, method_name: str, category: str, refiner_names: list[str]) -> None:
         cfg = self.config
         method = METHODS.create(method_name, **cfg.method_options.get(method_name, {}))
-        backbone = self.backbone(cfg.backbone or method.info.default_backbone)
+        backbone_name = cfg.backbone or method.info.default_backbone
+        backbone = self.backbone(backbone_name, method.backbone_options(backbone_name))
+        if not method.info.scores_unseen_images:
+            trainable = [n for n, r in self.refiners(refiner_names, backbone).items() if r.trainable]
+            if trainable:
+                raise ConfigError(
+                    f"method {method_name!r} can only score the dataset's own test images, so PGT cannot "
+                    f"make coarse maps for its synthetic training images: the trainable refiner(s) "
+                    f"{', '.join(trainable)} cannot be used with it. Use training-free refiners "
+                    f"(e.g. --refiner none, gaussian or guided)."
+                )
+        method.bind(backbone)
         with self.timer.stage("load"):
             samples = dataset.test(category)
         stream = self.stream(dataset, category, samples, backbone)
         eval_size = cfg.eval_size or backbone.input_size
+        backbone_params = {"backbone": backbone.name, "backbone_input_size": str(backbone.input_size),
+                           "backbone_layers": ",".join(backbone.channels)}
         masks = eval_masks(samples, eval_size, cfg.mask_threshold) if dataset.category_has_masks(category) else None
         groups = make_groups(len(samples), cfg.pgt, cfg.seed)
         with self.timer.stage("scoring"):
             coarse = coarse_scores(method, stream.features, groups, cfg.pgt.reference)
         scores = coarse.image_scores.numpy()
+        state = self.resume_state
         for contamination in cfg.pgt.contamination:
-            built = {
-                name: REFINERS.create(
-                    name, channels=backbone.channels, image_size=backbone.input_size, seed=cfg.seed,
-                    device=cfg.device, **cfg.refiner_options.get(name, {}),
-                )
-                for name in refiner_names
-            }
+            if state is not None and state.block_done(category, method_name, contamination, refiner_names):
+                continue  # finished before an interruption (bench.resume)
+            built = self.refiners(refiner_names, backbone)
             with self.timer.stage("pgt"):
                 output = run_pgt(stream, coarse, groups, method, backbone, built, cfg.pgt, contamination, cfg.seed)
             with tempfile.TemporaryDirectory() as tmp:
                 artifacts = self.artifacts(Path(tmp), samples, stream, coarse.maps, output, masks, category)
                 for name, maps in output.maps.items():
+                    if state is not None and state.unit_done(category, method_name, contamination, name):
+                        continue  # its unit was logged before an interruption; the block is redone for the others
                     with self.timer.stage("metrics"):
                         resized = F.interpolate(maps[:, None], size=(eval_size, eval_size), mode="bilinear", align_corners=False)[:, 0]
                         metrics = evaluate(scores, stream.labels, resized, masks, groups)
@@ -143,7 +213,7 @@ class Runner:
                     metrics.update(group_metrics(output, name, built[name]))
                     series = {f"loss_group{log.group}": log.losses[name] for log in output.log if name in log.losses}
                     with self.timer.stage("logging"):
-                        store.log_unit(parent, unit, metrics, {"backbone": backbone.name}, series, artifacts)
+                        store.log_unit(parent, unit, metrics, backbone_params, series, artifacts)
 
     def artifacts(self, folder: Path, samples, stream, coarse, output: PGTOutput, masks, category: str) -> list[Path]:
         from bench.figures import save_grid
@@ -169,6 +239,19 @@ class Runner:
                       titles=[samples[i].key for i in picks])
             paths.append(figure)
         return paths
+
+
+def preflight(dataset: Dataset, categories: list[str], methods: list[str], cfg: RunConfig) -> None:
+    """Errors that need no pixels, raised before anything is computed or logged: method options,
+    and PGT groups too small for a method in some category (the tree is scanned, not read)."""
+    for method_name in methods:
+        method = METHODS.create(method_name, **cfg.method_options.get(method_name, {}))
+        for category in categories:
+            n = len(dataset.test(category))
+            try:
+                check_group_sizes(make_groups(n, cfg.pgt, cfg.seed), method)
+            except ConfigError as exc:
+                raise ConfigError(f"category {category!r} ({n} test images): {exc}") from None
 
 
 def group_metrics(output: PGTOutput, name: str, refiner) -> dict[str, float]:

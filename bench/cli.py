@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def data_check(path: Path, dataset: str | None, categories: str | None) -> None:
 @click.option("--warmup", type=click.Choice(["none", "self"]), help="Group 1: keep coarse maps, or train on it and refine it.")
 @click.option("--out", type=click.Path(path_type=Path), help="Results folder: MLflow store, embedded data.  [default: results]")
 @click.option("--tracking-uri", help="Log to this MLflow tracking URI instead of <out>/mlflow.db.")
+@click.option("--cache/--no-cache", default=None,
+              help="Reuse backbone features cached under <out>/cache (content-addressed).  [default: cache]")
+@click.option("--resume/--no-resume", default=None,
+              help="Continue an interrupted run of the same config in the store (its finished units are kept), "
+                   "or always start a new run.  [default: resume]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Any config field, e.g. --set pgt.synth_per_group=32 --set refiner_options.ard.steps=50.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -139,6 +145,9 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
       bench run --data-root /data/mvtec --methods musc --refiner ard,none --categories bottle,wood
       bench run --refiner ard --contamination 0,0.1,0.2,0.3,0.5
       bench run --set pgt.n_groups=3 --set refiner_options.ard.steps=40
+
+    An interrupted run (killed, crashed) resumes when the same command runs again: its finished
+    (category, method, contamination) blocks are kept, the others are redone (--no-resume: new run).
     """
     from bench.api import run as run_benchmark
     from bench.config import RunConfig, apply_overrides, load_yaml, parse_set
@@ -186,9 +195,19 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
     ds = open_dataset(data_root, dataset)
     results = evaluate_maps(ds, select_categories(ds, categories), maps_root, eval_size, mask_threshold)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        # an undefined metric (NaN, e.g. AUROC of a category without anomalies) is JSON null
+        click.echo(json.dumps(_json_safe(results), indent=2))
     else:
         click.echo(render(pd.DataFrame(results).T.rename_axis("category") * 100))
+
+
+def _json_safe(value):
+    """NaN / infinity (undefined metrics) as None, so that the output is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @main.command()
@@ -203,7 +222,7 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
 @click.option("--scope", type=click.Choice(["g2k", "stream"]), default="g2k", show_default=True,
               help="g2k: groups 2..k, the images that a trained refiner refined; stream: every test image "
                    "(group 1 keeps its coarse maps unless --warmup self).")
-@click.option("--runs", default="latest", show_default=True, help="'latest', 'all' (averaged over seeds) or comma-separated run ids.")
+@click.option("--runs", default="latest", show_default=True, help="'latest' (the run that finished last), 'all' (every finished run, averaged over seeds) or comma-separated run ids.")
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
 @friendly
 def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metrics: tuple[str, ...], scope: str,
@@ -222,7 +241,11 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
 
     store = open_store(out, tracking_uri, experiment)
     if runs == "all":
-        ids = list(store.parents().get("run_id", []))
+        parents = store.parents()
+        # finished runs only: an interrupted run's partial results would skew a mean over seeds
+        ids = list(parents[parents.status == "FINISHED"].run_id) if not parents.empty else []
+        if not ids:
+            raise BenchError("--runs all: the MLflow store holds no finished bench run yet")
     elif runs == "latest":
         ids = None
     else:

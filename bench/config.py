@@ -44,9 +44,11 @@ class RunConfig:
     eval_size: int = 0  # evaluation resolution; 0: the backbone's input size
     mask_threshold: float = 0.5  # masks are resized bilinearly and binarised at this value
     batch_size: int = 16  # backbone batch size
+    cache: bool = True  # backbone features cached on disk under <out>/cache (bench.cache); False: always recompute
     out: Path = Path("results")
     tracking_uri: str | None = None  # None: sqlite store <out>/mlflow.db
     experiment: str = "bench"
+    resume: bool = True  # an unfinished run with the same config in the store is resumed (bench.resume); False: always a new run
     figures: int = 4  # anomalous samples per category in the figure grid (0: none)
     pgt: PGTConfig = field(default_factory=PGTConfig)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -66,11 +68,30 @@ class RunConfig:
             (self.eval_size >= 0, "eval_size", self.eval_size, "0 (backbone input size) or a positive integer"),
             (0 < self.mask_threshold < 1, "mask_threshold", self.mask_threshold, "in (0, 1)"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
+            (isinstance(self.cache, bool), "cache", self.cache, "true or false"),
+            (isinstance(self.resume, bool), "resume", self.resume, "true or false"),
+            (all(isinstance(v, dict) for v in self.method_options.values()), "method_options", self.method_options,
+             "a mapping {method: {option: value}}"),
+            (all(isinstance(v, dict) for v in self.refiner_options.values()), "refiner_options", self.refiner_options,
+             "a mapping {refiner: {option: value}}"),
             (self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device, "'cpu' or 'cuda[:N]'"),
         ]
         for ok, name, value, valid in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={value!r}: must be {valid}")
+        if self.device.startswith("cuda"):
+            import torch
+
+            suffix = self.device.partition(":")[2]
+            if suffix and not suffix.isdigit():
+                raise ConfigError(f"invalid device={self.device!r}: must be 'cpu' or 'cuda[:N]'")
+            index = int(suffix or 0)
+            if not torch.cuda.is_available():
+                raise ConfigError(f"invalid device={self.device!r}: CUDA is not available on this machine "
+                                  f"(torch {torch.__version__}); use --device cpu")
+            if index >= torch.cuda.device_count():
+                raise ConfigError(f"invalid device={self.device!r}: this machine has {torch.cuda.device_count()} "
+                                  "CUDA device(s), numbered from 0")
         return self
 
     def to_params(self) -> dict[str, str]:
@@ -116,6 +137,19 @@ def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
         _set_path(getattr(target, head), rest, value, full)
         return
     current = getattr(target, head)
+    if dataclasses.is_dataclass(current) or isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"invalid {full}={value!r}: expected a mapping of option names to values")
+        if isinstance(current, dict):
+            bad = [k for k, v in value.items() if not isinstance(v, dict)]
+            if bad:
+                raise ConfigError(f"invalid {full}.{bad[0]}={value[bad[0]]!r}: expected a mapping of option names "
+                                  f"to values, e.g. {full}.{bad[0]}.KEY=VALUE")
+            setattr(target, head, value)
+            return
+        for key, item in value.items():
+            _set_path(current, str(key), item, f"{full}.{key}")
+        return
     if head == "contamination":
         value = parse_contamination(value if isinstance(value, str) else ",".join(map(str, value)))
     elif isinstance(current, Path) or head in ("data_root", "out"):
@@ -125,7 +159,18 @@ def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
             value = type(current)(value)
         except (TypeError, ValueError):
             raise ConfigError(f"invalid {full}={value!r}: expected {type(current).__name__}") from None
+    elif value is not None and "str" in str(_field_type(target, head)):
+        if isinstance(value, (list, tuple)):  # YAML lists for comma-list options: categories: [a, b]
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            raise ConfigError(f"invalid {full}={value!r}: expected a string")
+        else:
+            value = str(value)
     setattr(target, head, value)
+
+
+def _field_type(target: Any, name: str) -> Any:
+    return next((f.type for f in dataclasses.fields(target) if f.name == name), None)
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -142,8 +187,20 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"invalid --set {item!r}: expected KEY=VALUE, e.g. pgt.n_groups=3")
-        parsed[key.strip()] = yaml.safe_load(value)
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid --set {item!r}: the value is not a YAML scalar or list ({_one_line(exc)})") from None
     return parsed
+
+
+def _one_line(exc: BaseException) -> str:
+    """A (YAML) error message on one line, with its position when known."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(getattr(exc, "strerror", None) or exc).split())
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -151,7 +208,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option names to values")
     # option dicts stay nested: they are free-form per method / refiner

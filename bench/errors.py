@@ -15,3 +15,11 @@ class ConfigError(BenchError):
 
 class WeightsError(BenchError):
     """Model weights that cannot be found or loaded."""
+
+
+class OptionTypeError(ConfigError, TypeError):
+    """An unknown plugin option (``REFINERS.create("ard", stepz=3)``); still a TypeError for callers."""
+
+
+class OptionValueError(ConfigError, ValueError):
+    """An out-of-range plugin option; still a ValueError for callers."""

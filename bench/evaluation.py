@@ -20,9 +20,16 @@ def eval_masks(samples: list[Sample], size: int, threshold: float) -> torch.Tens
     """Ground truth at the evaluation size: bilinear resize, then ``> threshold``; None without masks."""
     if any(s.mask is None for s in samples):
         return None
-    masks = torch.stack([torch.as_tensor(s.mask, dtype=torch.float32) for s in samples])
-    resized = F.interpolate(masks[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return resized > threshold
+    return resize_each([s.mask for s in samples], size) > threshold
+
+
+def resize_each(arrays: list[np.ndarray], size: int) -> torch.Tensor:
+    """H×W arrays (sizes may differ: a category can mix image sizes) → ``(N, size, size)`` float32, bilinear."""
+    out = torch.empty((len(arrays), size, size))
+    for i, array in enumerate(arrays):
+        x = torch.as_tensor(np.asarray(array), dtype=torch.float32)[None, None]
+        out[i] = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return out
 
 
 def evaluate(scores: np.ndarray, labels: np.ndarray, maps: torch.Tensor, masks: torch.Tensor | None, groups: list[np.ndarray]) -> dict[str, float]:
@@ -42,6 +49,10 @@ def read_map(path: Path) -> np.ndarray:
     """One H×W float map, with errors that name the file."""
     if not path.is_file():
         raise BenchError(f"missing map {path}: expected one .npy per test image as <category>/test/<defect>/<name>.npy")
+    with path.open("rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY":
+        raise BenchError(f"{path}: not a .npy file (no NumPy header); save each map with numpy.save")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -55,22 +66,28 @@ def read_map(path: Path) -> np.ndarray:
 
 
 def read_scores(path: Path) -> dict[str, float]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
-            raise BenchError(f"{path}: expected the columns image,score (image as <defect>/<name>)")
-        try:
-            return {row["image"]: float(row["score"]) for row in reader}
-        except ValueError as exc:
-            raise BenchError(f"{path}: a score is not a number ({exc})") from None
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
+                found = ",".join(reader.fieldnames or []) or "nothing"
+                raise BenchError(f"{path}: expected the columns image,score (image as <defect>/<name>), found {found}")
+            scores = {}
+            for line, row in enumerate(reader, start=2):
+                try:
+                    scores[row["image"]] = value = float(row["score"])
+                except (TypeError, ValueError):
+                    raise BenchError(f"{path}, line {line}: score {row['score']!r} is not a number") from None
+                if not np.isfinite(value):
+                    raise BenchError(f"{path}, line {line}: score {row['score']!r} is not finite")
+            return scores
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BenchError(f"{path}: not a readable CSV file ({exc})") from None
 
 
 def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_threshold: float, has_masks: bool) -> dict[str, float]:
     """Metrics of one category's maps resized to ``size``; image scores from the CSV or the map maximum."""
-    maps = torch.stack([
-        torch.from_numpy(read_map(folder / "test" / s.defect / f"{Path(s.path).stem}.npy")) for s in samples
-    ]) if samples else torch.empty(0)
-    maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    maps = resize_each([read_map(folder / "test" / s.defect / f"{Path(s.path).stem}.npy") for s in samples], size)
     scores_path = folder / SCORES_FILE
     if scores_path.is_file():
         given = read_scores(scores_path)

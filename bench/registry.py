@@ -11,7 +11,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
-from bench.errors import BenchError
+from bench.errors import BenchError, ConfigError, OptionTypeError, OptionValueError
 
 T = TypeVar("T")
 
@@ -28,6 +28,7 @@ class Entry(Generic[T]):
     name: str
     factory: Callable[..., T]
     description: str
+    in_all: bool = True  # part of "all" (False: only when named, e.g. `external`, which needs options)
 
 
 class Registry(Generic[T]):
@@ -39,12 +40,16 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._loaded = False
 
-    def register(self, name: str, description: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str, description: str = "", in_all: bool = True
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering a factory. ``in_all=False``: not part of ``resolve("all")``."""
+
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             summary = description or next(iter((factory.__doc__ or "").strip().splitlines()), "")
-            self._entries[name] = Entry(name, factory, summary)
+            self._entries[name] = Entry(name, factory, summary, in_all)
             return factory
 
         return decorator
@@ -74,12 +79,31 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def create(self, name: str, **kwargs: object) -> T:
-        return self.entry(name).factory(**kwargs)
+        """``name``'s factory called with ``kwargs``.
+
+        A TypeError or ValueError raised while constructing (an unknown or out-of-range option)
+        becomes a ConfigError naming the plugin and where its options are set (still a TypeError /
+        ValueError: ``OptionTypeError`` / ``OptionValueError``), so the CLI prints it as one line.
+        """
+        factory = self.entry(name).factory
+        where = f" (set with --set {self.kind}_options.{name}.KEY=VALUE)" if self.kind in ("method", "refiner") else ""
+        try:
+            return factory(**kwargs)
+        except BenchError as exc:
+            if type(exc) is ConfigError and where:  # a plugin's own option check: say whose options
+                raise ConfigError(f"invalid options for {self.kind} {name!r}: {exc}{where}") from exc
+            raise
+        except (TypeError, ValueError) as exc:
+            error = OptionTypeError if isinstance(exc, TypeError) else OptionValueError
+            raise error(f"invalid options for {self.kind} {name!r}: {exc}{where}") from exc
 
     def resolve(self, spec: str) -> list[str]:
-        """``"all"`` or a comma-separated list → validated names, in the given order."""
+        """``"all"`` or a comma-separated list → validated names, in the given order.
+
+        ``"all"`` is every entry registered with ``in_all=True`` (the others must be named).
+        """
         if spec.strip() == "all":
-            return self.names()
+            return [name for name in self.names() if self._entries[name].in_all]
         names = [s.strip() for s in spec.split(",") if s.strip()]
         if not names:
             raise UnknownNameError(f"no {self.kind} given. Known: {', '.join(self.names())}.")

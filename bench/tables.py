@@ -106,9 +106,11 @@ def render(table: pd.DataFrame, fmt: str = "md", digits: int = 1) -> str:
     if fmt not in FORMATS:
         raise BenchError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
     headers = [table.index.name or "", *table.columns]
+    table = table.astype(object).where(table.notna(), None)  # NaN (an undefined metric) prints as "undef"
     if fmt == "md":
         return tabulate(table, headers=headers, tablefmt="github", floatfmt=f".{digits}f", missingval="undef")
     escaped = table.rename(index=_latex, columns=_latex).map(lambda v: _latex(v) if isinstance(v, str) else v)
+    escaped = escaped.astype(object).where(escaped.notna(), None)
     text = tabulate(escaped, headers=[_latex(h) for h in headers], tablefmt="latex_raw",
                     floatfmt=f".{digits}f", missingval="undef")
     rules = iter(["\\toprule", "\\midrule", "\\bottomrule"])

@@ -5,9 +5,14 @@ store, so every number shown comes from what was logged.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
 import platform
+import random
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +29,98 @@ _PACKAGES = ("anorefiner-bench", "torch", "torchvision", "open_clip_torch", "mlf
 
 def default_uri(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+# Several `bench run` processes may share one sqlite store (same --out). SQLite serialises
+# writers: a writer waits up to SQLITE_TIMEOUT_S for the lock (the URI's ``timeout``), and a call
+# that still fails with "database is locked" (SQLite gives up at once when two transactions would
+# deadlock) is retried with jittered exponential backoff; after LOCK_RETRIES it raises a
+# BenchError. Nothing is dropped silently.
+SQLITE_TIMEOUT_S = 60
+LOCK_RETRIES = 12
+LOCK_BACKOFF_S = (0.05, 5.0)  # first delay, largest delay
+
+
+def with_busy_timeout(uri: str) -> str:
+    """A sqlite URI with a ``timeout`` query parameter (seconds a writer waits for the lock)."""
+    if not uri.startswith("sqlite:") or "timeout=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_S}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores or in-memory sqlite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _is_locked(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).lower()
+        if "database is locked" in text or "database table is locked" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_locked(call, what: str = "MLflow store"):
+    """``call`` wrapped to retry while sqlite reports "database is locked"."""
+
+    @functools.wraps(call)
+    def wrapper(*args, **kwargs):
+        delay, largest = LOCK_BACKOFF_S
+        for attempt in range(LOCK_RETRIES + 1):
+            try:
+                return call(*args, **kwargs)
+            except Exception as exc:
+                if not _is_locked(exc):
+                    raise
+                if attempt == LOCK_RETRIES:
+                    raise BenchError(
+                        f"{what}: the database stayed locked through {LOCK_RETRIES} retries of "
+                        f"{getattr(call, '__name__', 'a call')} (another process holds it); nothing was "
+                        "logged by that call. Retry, or use an MLflow server (--tracking-uri http://...) "
+                        "for many concurrent runs"
+                    ) from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(2 * delay, largest)
+
+    return wrapper
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose every call retries on sqlite "database is locked"."""
+
+    def __init__(self, client: MlflowClient, what: str) -> None:
+        self._client = client
+        self._what = what
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        return retry_locked(attr, self._what) if callable(attr) else attr
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | None):
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``); a no-op without a path or fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def environment_tags() -> dict[str, str]:
@@ -53,9 +150,15 @@ def environment_tags() -> dict[str, str]:
 class Store:
     client: MlflowClient
     experiment_id: str
+    lock_path: Path | None = None  # sqlite stores: a lock file that serialises multi-step updates
 
-    def start_parent(self, name: str, params: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"bench.level": "parent", **environment_tags()})
+    def lock(self):
+        """Exclusive lock across processes sharing this store (a no-op for non-sqlite stores)."""
+        return file_lock(self.lock_path)
+
+    def start_parent(self, name: str, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
+        tags = {"bench.level": "parent", **environment_tags(), **(tags or {})}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 
@@ -97,14 +200,22 @@ class Store:
 
     def parents(self) -> pd.DataFrame:
         runs = self.client.search_runs([self.experiment_id], "tags.`bench.level` = 'parent'", order_by=["attributes.start_time DESC"])
-        return pd.DataFrame([{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status} for r in runs])
+        return pd.DataFrame([{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                              "start_time": r.info.start_time, "end_time": r.info.end_time} for r in runs])
 
     def units(self, parent_ids: str | list[str] | None = None) -> pd.DataFrame:
-        """Unit metrics of ``bench run`` runs (default: the latest), one row per unit."""
+        """Unit metrics of ``bench run`` runs, one row per unit.
+
+        Default: the latest run, i.e. the one that finished last (a resumed run finishes after it
+        started), or, while none has finished, the one that started last.
+        """
         if parent_ids is None:
             parents = self.parents()
             if parents.empty:
                 raise BenchError("the MLflow store holds no bench run yet: run `bench run` first")
+            finished = parents[parents.status == "FINISHED"]
+            if not finished.empty:
+                parents = finished.sort_values("end_time", ascending=False, kind="stable")
             parent_ids = [parents.run_id.iloc[0]]
         runs = []
         for parent_id in [parent_ids] if isinstance(parent_ids, str) else parent_ids:
@@ -123,9 +234,26 @@ class Store:
             row.update({k: (math.nan if v is None else v) for k, v in run.data.metrics.items()})
             rows.append(row)
         frame = pd.DataFrame(rows)
-        if not frame.empty:
-            frame["contamination"] = frame["contamination"].astype(float)
+        if frame.empty:
+            ids = [parent_ids] if isinstance(parent_ids, str) else list(parent_ids)
+            raise BenchError(
+                f"no results logged under run(s) {', '.join(ids) or '(none given)'}: the run ids are unknown "
+                "here, or the run stopped before its first unit finished; see `bench table --runs all` "
+                "or the run ids in `bench ui`"
+            )
+        frame["contamination"] = frame["contamination"].astype(float)
         return frame
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.WARNING):
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def open_store(out: Path, tracking_uri: str | None = None, experiment: str = "bench") -> Store:
@@ -138,11 +266,27 @@ def open_store(out: Path, tracking_uri: str | None = None, experiment: str = "be
         probe.unlink()
     except OSError as exc:
         raise BenchError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable folder") from None
-    client = MlflowClient(tracking_uri or default_uri(out))
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        local = None if tracking_uri else (out / "artifacts").resolve().as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=local)
-    else:
-        experiment_id = found.experiment_id
-    return Store(client, experiment_id)
+    uri = with_busy_timeout(tracking_uri or default_uri(out))
+    database = sqlite_path(uri)
+    lock_path = database.with_name(database.name + ".lock") if database is not None else None
+    what = f"--tracking-uri {tracking_uri}" if tracking_uri else f"MLflow store {out / 'mlflow.db'}"
+    # One process at a time creates the tables and the experiment: MLflow's first-use schema
+    # migration and create_experiment race when two runs open a fresh store together. MLflow's
+    # INFO lines about creating the tables are kept off the console.
+    with file_lock(lock_path), _quiet_logger("mlflow.store.db.utils"), _quiet_logger("alembic"):
+        try:
+            client = RetryingClient(MlflowClient(uri), what)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                local = None if tracking_uri else (out / "artifacts").resolve().as_uri()
+                experiment_id = client.create_experiment(experiment, artifact_location=local)
+            else:
+                experiment_id = found.experiment_id
+        except BenchError:
+            raise
+        except Exception as exc:  # bad URI scheme, unreachable server, corrupt database, ...
+            reason = " ".join(str(exc).split())[:400]
+            hint = ("give a sqlite:///path.db or http(s):// tracking URI, or leave --tracking-uri out to use <out>/mlflow.db"
+                    if tracking_uri else "if the file is damaged or from an incompatible MLflow, move it away and rerun")
+            raise BenchError(f"{what}: cannot open the MLflow store ({type(exc).__name__}: {reason}); {hint}") from None
+    return Store(client, experiment_id, lock_path)

@@ -129,6 +129,7 @@ def training_batch(
     )
     synth_x = backbone.preprocess(synth_images)
     synth_features = backbone.features(synth_x)
+    synth_features.category = stream.features.category  # the same product: methods may prompt with it
     group_features = stream.features.select(torch.as_tensor(group))
     normal_maps = method.score(group_features).maps[torch.as_tensor(pseudo)]
     sources = np.asarray(sources)

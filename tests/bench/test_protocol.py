@@ -60,6 +60,7 @@ def test_contamination_is_bounded_by_the_anomalies_available():
 
 def test_training_batch_pairs_pseudo_normals_with_synthetic_anomalies(tiny_backbone, brightness_method):
     stream = make_stream(tiny_backbone)
+    stream.features.category = "tile"
     group = np.arange(12)
     pseudo = np.array([1, 2, 4, 5])
     batch = training_batch(stream, group, pseudo, brightness_method, tiny_backbone, PGTConfig(synth_per_group=6), np.random.default_rng(0))
@@ -67,6 +68,7 @@ def test_training_batch_pairs_pseudo_normals_with_synthetic_anomalies(tiny_backb
     assert batch.coarse.shape == (10, 8, 8) and len(batch.features) == 10
     assert batch.masks[:4].sum() == 0 and all(m.sum() > 0 for m in batch.masks[4:])
     assert torch.equal(batch.images[:4], stream.images[group[pseudo]])
+    assert batch.features.category == "tile"  # synthetic images belong to the group's product
 
 
 def test_streaming_reference_scores_each_group_against_the_groups_seen(tiny_backbone, brightness_method):

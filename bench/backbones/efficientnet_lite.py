@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.backbones._images import as_rgb
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone
 from bench.records import FeatureSet
@@ -341,14 +342,7 @@ class EfficientNetLiteBackbone(Backbone):
         std = torch.tensor(self.std).view(3, 1, 1)
         out = []
         for image in images:
-            array = np.asarray(image)
-            if array.ndim == 2:
-                array = np.repeat(array[:, :, None], 3, axis=2)
-            if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-                raise ConfigError(
-                    f"expected H×W×3 uint8 images, got shape {array.shape} dtype {array.dtype}"
-                )
-            x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
+            x = torch.from_numpy(as_rgb(image)).permute(2, 0, 1).float().div_(255.0)
             if x.shape[1:] != (size, size):
                 x = F.interpolate(
                     x[None],

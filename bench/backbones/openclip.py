@@ -54,6 +54,8 @@ always float32.
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import logging
 import os
@@ -71,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench.backbones._images import as_rgb
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone
 from bench.records import FeatureSet
@@ -301,6 +304,13 @@ class OpenClipBackbone(Backbone):
         precision: str = "auto",
         quick_gelu: bool | None = None,
     ) -> None:
+        """An open_clip ViT ``arch`` (e.g. ``ViT-L-14-336``).
+
+        weights: open_clip pretrained tag (default 'openai'), a checkpoint path, or 'random' (tests).
+        layers: 'block<N>' names, 1-based (default: 4 evenly spaced blocks).
+        input_size: square input side (None: the native size; a multiple of the patch size).
+        precision: 'auto' = fp32 on CPU, fp16 autocast on CUDA. quick_gelu: None = as the tag says.
+        """
         import open_clip
         from open_clip.transformer import VisionTransformer
 
@@ -445,11 +455,7 @@ class OpenClipBackbone(Backbone):
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         out = []
         for image in images:
-            array = np.asarray(image)
-            if array.ndim == 2:
-                array = np.repeat(array[:, :, None], 3, axis=2)
-            if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-                raise ConfigError(f"expected H×W×3 uint8 images, got shape {array.shape} dtype {array.dtype}")
+            array = as_rgb(image)
             if array.shape[:2] != (size, size):
                 array = np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC))
             x = torch.tensor(array).permute(2, 0, 1).float().div_(255.0)
@@ -495,32 +501,8 @@ class OpenClipBackbone(Backbone):
         return x.permute(0, 3, 1, 2)
 
 
-def _register(arch: str) -> None:
-    def create(
-        weights: str = DEFAULT_TAG,
-        layers: tuple[str, ...] | str | None = None,
-        input_size: int | None = None,
-        device: str = "cpu",
-        precision: str = "auto",
-        quick_gelu: bool | None = None,
-    ) -> OpenClipBackbone:
-        return OpenClipBackbone(
-            arch, weights=weights, layers=layers, input_size=input_size, device=device,
-            precision=precision, quick_gelu=quick_gelu,
-        )
-
-    create.__doc__ = f"""open_clip {arch}.
-
-    weights: open_clip pretrained tag (default 'openai'), a checkpoint path, or 'random' (tests).
-    layers: 'block<N>' names, 1-based (default: 4 evenly spaced blocks).
-    input_size: square input side (None: the native size; a multiple of the patch size).
-    device, precision ('auto': fp32 on CPU, fp16 autocast on CUDA), quick_gelu (None: the tag's).
-    """
+for _arch in ARCHS:  # the class's docstring documents the options; `arch` is bound per entry
     BACKBONES.register(
-        arch, f"open_clip {arch} (CLIP, weights: tag such as openai, a checkpoint file, or random): "
-              "patch tokens of 4 blocks + image embedding + text tower",
-    )(create)
-
-
-for _arch in ARCHS:
-    _register(_arch)
+        _arch, f"open_clip {_arch} (CLIP, weights: tag such as openai, a checkpoint file, or random): "
+               "patch tokens of 4 blocks + image embedding + text tower",
+    )(functools.partial(OpenClipBackbone, _arch))

@@ -14,12 +14,7 @@ from bench.config import RunConfig
 from bench.records import Sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CountingBackbone(TinyBackbone):

@@ -2,10 +2,7 @@
 (shared with the refiner speed benchmark, which cannot import this conftest)."""
 import pytest
 
-from refiner_inputs import one_intra_op_thread
-
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Every refiner test module runs on one intra-op thread (see ``one_intra_op_thread``)."""
-    yield from one_intra_op_thread()
+def _one_thread(one_thread):
+    """Every refiner test module runs on one intra-op thread (see ``refiner_inputs.one_intra_op_thread``)."""

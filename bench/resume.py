@@ -119,19 +119,6 @@ def _owner_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
-def unit_runs(store: Store, parent_id: str) -> list:
-    """Every (non-deleted) unit run under ``parent_id``, any status."""
-    runs, token = [], None
-    while True:
-        page = store.client.search_runs(
-            [store.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000, page_token=token
-        )
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def find_unfinished(store: Store, digest: str):
     """The newest unfinished parent with hash ``digest`` whose owner is not alive, or None."""
     runs = store.client.search_runs(
@@ -169,7 +156,7 @@ def start_or_resume(store: Store, name: str, params: dict[str, str], resume: boo
             store.client.set_tag(parent, key, value)
     state = ResumeState(parent, resumed=True)
     deleted = 0
-    for run in unit_runs(store, parent):
+    for run in store.children(parent):
         tags = run.data.tags
         key = (*block_key(tags.get("bench.category"), tags.get("bench.method"), tags.get("bench.contamination", "nan")),
                str(tags.get("bench.refiner")))

@@ -203,6 +203,18 @@ class Store:
         return pd.DataFrame([{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
                               "start_time": r.info.start_time, "end_time": r.info.end_time} for r in runs])
 
+    def children(self, parent_id: str) -> list:
+        """Every (non-deleted) nested run under ``parent_id``, any status, all pages."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000, page_token=token
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
     def units(self, parent_ids: str | list[str] | None = None) -> pd.DataFrame:
         """Unit metrics of ``bench run`` runs, one row per unit.
 
@@ -217,17 +229,8 @@ class Store:
             if not finished.empty:
                 parents = finished.sort_values("end_time", ascending=False, kind="stable")
             parent_ids = [parents.run_id.iloc[0]]
-        runs = []
-        for parent_id in [parent_ids] if isinstance(parent_ids, str) else parent_ids:
-            token = None
-            while True:
-                page = self.client.search_runs(
-                    [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000, page_token=token
-                )
-                runs += list(page)
-                token = page.token
-                if not token:
-                    break
+        runs = [run for parent_id in ([parent_ids] if isinstance(parent_ids, str) else parent_ids)
+                for run in self.children(parent_id)]
         rows = []
         for run in runs:
             row = {k: run.data.tags.get(f"bench.{k}") for k in UNIT_KEYS}

@@ -7,7 +7,6 @@ import pytest
 from bench import tracking
 from bench.datasets.synthetic import generate
 from bench.errors import BenchError
-from bench.resume import unit_runs
 from bench.tracking import open_store, retry_locked, with_busy_timeout
 
 
@@ -63,7 +62,7 @@ def test_two_runs_write_one_store_at_the_same_time(tmp_path):
     assert len(parents) == 2 and set(parents.status) == {"FINISHED"}
     seeds = set()
     for parent in parents.run_id:
-        units = unit_runs(store, parent)
+        units = store.children(parent)
         assert len(units) == 4 and all(r.info.status == "FINISHED" for r in units)  # 2 categories x (none, gaussian)
         assert len({(r.data.tags["bench.category"], r.data.tags["bench.refiner"]) for r in units}) == 4
         assert all("pixel_ap" in r.data.metrics for r in units)

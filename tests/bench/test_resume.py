@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.datasets.synthetic import generate
-from bench.resume import HASH_TAG, PID_TAG, config_hash, start_or_resume, unit_runs
+from bench.resume import HASH_TAG, PID_TAG, config_hash, start_or_resume
 from bench.tracking import open_store
 
 
@@ -62,7 +62,7 @@ def test_resume_keeps_finished_units_and_deletes_partial_ones(store):
     assert not second.block_done("pill", "musc", 0.0, ["none", "ard"])  # redone...
     assert second.unit_done("pill", "musc", "0.0", "none")  # ...but its finished unit is not logged again
     assert not second.block_done("tile", "musc", 0.1, ["none", "ard"])  # another contamination: not done
-    remaining = {r.info.run_id for r in unit_runs(store, first.parent_id)}
+    remaining = {r.info.run_id for r in store.children(first.parent_id)}
     assert remaining == set(kept.values()) and partial not in remaining
     assert store.client.get_run(partial).info.lifecycle_stage == "deleted"
 
@@ -122,7 +122,7 @@ def test_kill_minus_9_then_rerun_resumes_without_recomputing(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert f"resuming run {parent}" in resumed.output and f"MLflow run {parent}" in resumed.output
     assert len(store.parents()) == 1 and store.client.get_run(parent).info.status == "FINISHED"
-    units = unit_runs(store, parent)
+    units = store.children(parent)
     assert len(units) == 6 and all(r.info.status == "FINISHED" for r in units)
     keys = [(r.data.tags["bench.category"], r.data.tags["bench.refiner"]) for r in units]
     assert len(set(keys)) == 6  # no duplicates

@@ -44,7 +44,7 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> pd.DataFrame:
     clean = units[units.contamination == units.contamination.min()]
     frame = _mean_over_seeds(clean, ["method", "refiner", "category"], metric)
     table = frame.pivot_table(index="category", columns=["method", "refiner"], values=metric, dropna=False) * 100
-    table.loc["Mean"] = table.mean(axis=0)
+    table.loc["Mean"] = table.mean(axis=0, skipna=False)  # undefined in one category: undefined mean
     columns = {}
     for method in table.columns.get_level_values(0).unique():
         refiners = list(table[method].columns)

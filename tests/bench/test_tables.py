@@ -57,3 +57,11 @@ def test_decoder_table_mean_std_over_seeds_best_in_bold_and_cost():
     assert table.loc["musc / ard", "params"] == "0.50M" and table.loc["musc / ard", "train s/group"] == "12.0"
     latex = render(table, "latex")
     assert "\\textbf{61.0 $\\pm$ 1.0}" in latex and "pixel\\_ap" in latex
+
+
+def test_a_metric_undefined_in_one_category_makes_the_mean_undefined():
+    frame = units()
+    frame.loc[(frame.category == "a") & (frame.refiner == "ard"), "pixel_ap"] = math.nan
+    table = main_table(frame, "pixel_ap")
+    assert math.isnan(table.loc["Mean", "musc ard"]) and table.loc["Mean", "musc none"] == pytest.approx(51.0)
+    assert "undef" in render(table, "md")

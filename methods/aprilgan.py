@@ -30,7 +30,9 @@ Pipeline (official code in brackets):
    ``softmax(100 · e T)[1]`` with e the L2-normalised projected image embedding
    [``text_probs[0][1]`` in ``test.py``]; the map is not used for it.
 
-Adapters, option ``adapters`` (no silent fallback: without it the method refuses to run):
+Adapters, option ``adapters`` (no silent fallback: without it the method refuses to run, unless
+the backbone has random weights, i.e. the user asked for a smoke run with ``--weights random``,
+where the adapters are untrained too):
 
 - a path to the **official released checkpoint** (``exps/pretrained/visa_pretrained.pth``,
   trained on VisA, for testing on MVTec AD; ``mvtec_pretrained.pth``, trained on MVTec AD, for
@@ -80,12 +82,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from bench.errors import ConfigError, DatasetError, WeightsError
+from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone, Dataset, Method, MethodInfo
-from bench.records import FeatureSet, Sample, ScoreOutput
+from bench.records import FeatureSet, ScoreOutput
+from bench.methods._auxiliary import UNTRAINED, AuxiliaryData, dice_loss, focal_loss, learned_source, load_checkpoint
 from bench.registry import METHODS
 
 PAPER = (
@@ -133,14 +135,10 @@ TRAIN_BATCH_SIZE = 64
 TRAIN_SEED = 111
 OFFICIAL_EPOCHS = {"visa": 15, "mvtec": 3}  # epochs when training on that auxiliary dataset
 OFFICIAL_MOSAIC_RATE = {"mvtec": 0.2}  # aug_rate: 2x2 mosaics, only when training on MVTec AD
-FOCAL_GAMMA = 2.0
-FOCAL_SMOOTH = 1e-5
-DICE_SMOOTH = 1.0
 
 FORMAT = "bench.aprilgan.adapters"
 FORMAT_VERSION = 1
 OFFICIAL_KEY = "trainable_linearlayer"
-UNTRAINED = "untrained"
 RESOLUTIONS = ("grid", "input")
 SCORE_CHUNK = 32  # images per adapter pass in score() (bounds the (B, P, D) intermediates)
 
@@ -163,6 +161,15 @@ DEVIATIONS = (
     "the adapters in float32; the images are resized as the backbone preprocesses them (bicubic, "
     "aspect not kept) and masks bilinearly then thresholded at 0.5. Only zero-shot mode: the "
     "official few-shot memory bank is not implemented."
+)
+
+
+ADAPTERS_HELP = (
+    "Two ways: (1) the official released checkpoint of ByChelsea/VAND-APRIL-GAN (visa_pretrained.pth, "
+    "trained on VisA, to test on MVTec AD; mvtec_pretrained.pth, trained on MVTec AD, to test on VisA; "
+    "for ViT-L-14-336 with openai weights at 518 px, blocks 6/12/18/24), or (2) adapters trained on the "
+    "auxiliary dataset (VisA for MVTec AD and the reverse) with "
+    "bench.methods.aprilgan.train_adapters(method, backbone, dataset, save=PATH)."
 )
 
 
@@ -260,10 +267,7 @@ def load_adapters(path: str | Path, adapters: Adapters) -> dict[str, object]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"APRIL-GAN adapters {path}: file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle / zip / torch errors of many types
-        raise WeightsError(f"APRIL-GAN adapters {path}: cannot be read by torch.load ({exc})") from None
+    obj = load_checkpoint(path, "APRIL-GAN", "adapters")
     try:
         if isinstance(obj, dict) and obj.get("format") == FORMAT:
             if int(obj.get("version", 0)) != FORMAT_VERSION:
@@ -354,25 +358,6 @@ def abnormal_probability(embedding: torch.Tensor, text: torch.Tensor) -> torch.T
     return logits.softmax(dim=-1)[:, 1]
 
 
-def focal_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Official focal loss on probabilities ``(B, 2, H, W)`` and a ``{0, 1}`` target ``(B, H, W)``.
-
-    One-hot target clamped to ``[smooth, 1 - smooth]``, ``p_t = Σ onehot·p + smooth``,
-    ``mean(-(1 - p_t)^γ log p_t)`` with γ = 2, smooth = 1e-5, no class weights.
-    """
-    onehot = torch.stack([1 - target, target], dim=1).float().clamp(FOCAL_SMOOTH, 1 - FOCAL_SMOOTH)
-    pt = (onehot * probs).sum(dim=1) + FOCAL_SMOOTH
-    return (-(1 - pt).pow(FOCAL_GAMMA) * pt.log()).mean()
-
-
-def dice_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Official binary dice loss: ``1 - mean_b (2 Σ p t + 1) / (Σ p + Σ t + 1)``."""
-    p = prob.flatten(1)
-    t = target.flatten(1).float()
-    dice = (2 * (p * t).sum(1) + DICE_SMOOTH) / (p.sum(1) + t.sum(1) + DICE_SMOOTH)
-    return 1 - dice.mean()
-
-
 # --------------------------------------------------------------------------- the method
 
 
@@ -396,30 +381,7 @@ class APRILGAN(Method):
         resolution: str = "grid",
         init_seed: int = 0,
     ) -> None:
-        if adapters is None or str(adapters).strip() == "":
-            raise WeightsError(
-                "aprilgan needs its trained adapters (one linear layer per tapped ViT layer): "
-                "--set method_options.aprilgan.adapters=PATH. Two ways: (1) the official released "
-                "checkpoint of ByChelsea/VAND-APRIL-GAN (visa_pretrained.pth, trained on VisA, to "
-                "test on MVTec AD; mvtec_pretrained.pth, trained on MVTec AD, to test on VisA; for "
-                "ViT-L-14-336 with openai weights at 518 px, blocks 6/12/18/24), or (2) train them "
-                "on the auxiliary dataset (VisA for MVTec AD and the reverse) with "
-                "bench.methods.aprilgan.train_adapters(method, backbone, dataset, save=PATH) and "
-                "pass the saved file. (adapters=untrained gives freshly initialised layers: "
-                "meaningless maps, for tests and smoke runs only.)"
-            )
-        self.adapters_spec = str(adapters)
-        if self.adapters_spec != UNTRAINED:
-            path = Path(self.adapters_spec).expanduser()
-            if not path.is_file():
-                raise WeightsError(
-                    f"APRIL-GAN adapters {path}: file not found (adapters= takes the official "
-                    f"checkpoint, e.g. visa_pretrained.pth, or a file saved by "
-                    f"bench.methods.aprilgan.train_adapters; 'untrained' for tests only)"
-                )
-            self.adapters_path: Path | None = path.resolve()
-        else:
-            self.adapters_path = None
+        self.adapters_spec = None if adapters is None else str(adapters)
         if resolution not in RESOLUTIONS:
             raise ConfigError(f"aprilgan resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
         self.resolution = resolution
@@ -442,7 +404,7 @@ class APRILGAN(Method):
             inter_image=False,
             min_images=1,
             settings={
-                "adapters": self.adapters_spec if self.adapters_path is None else str(self.adapters_path),
+                "adapters": self.adapters_spec or "required (untrained with --weights random)",
                 "prompts": f"{len(NORMAL_STATES)} normal + {len(ABNORMAL_STATES)} abnormal states x "
                            f"{len(TEMPLATES)} templates; per class mean of normalised embeddings, normalised",
                 "object_name": self.object_name or "category name",
@@ -481,11 +443,13 @@ class APRILGAN(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
             adapters = Adapters(layers, channels, int(dim_out))
-        if self.adapters_path is not None:
-            source = load_adapters(self.adapters_path, adapters)
+        path = learned_source(self.adapters_spec, backbone, "aprilgan", "adapters", ADAPTERS_HELP)
+        if path is not None:
+            source = load_adapters(path, adapters)
         else:
             source = {"kind": UNTRAINED, "init_seed": self.init_seed}
         self.adapters = adapters.to(self._device).eval().requires_grad_(False)
+        self.info.settings["adapters"] = str(path) if path is not None else UNTRAINED
         self.provenance = {"source": source["kind"], "backbone": getattr(backbone, "name", ""),
                            "weights": str(getattr(backbone, "weights", "")),
                            "input_size": int(backbone.input_size), "layers": list(layers)}
@@ -585,50 +549,6 @@ def create(
 # --------------------------------------------------------------------------- training
 
 
-def _read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """Image and bool mask of a sample, read afresh (not cached on the Sample: datasets are big)."""
-    from bench.imageio import read_image, read_mask
-
-    image = read_image(sample.path)
-    if sample.mask_path is not None:
-        mask = read_mask(sample.mask_path, image.shape[:2], strict=sample.mask_strict)
-    elif sample.label == 0:
-        mask = np.zeros(image.shape[:2], dtype=bool)
-    else:
-        raise DatasetError(f"{sample.path}: anomalous training image without a mask (APRIL-GAN trains on masks)")
-    return image, mask
-
-
-def _resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == shape:
-        return image
-    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.BICUBIC))
-
-
-def _resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Official target transform: 0/255 mask resized bilinearly to ``size``², then > 0.5."""
-    pil = Image.fromarray(mask.astype(np.uint8) * 255)
-    if pil.size != (size, size):
-        pil = pil.resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0 > 0.5).float()
-
-
-def _mosaic(pool: dict[str, list[Sample]], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """2×2 mosaic of random test images of one category: a random defect type, then a random image."""
-    defects = sorted(pool)
-    tiles = []
-    for _ in range(4):
-        samples = pool[defects[int(rng.integers(len(defects)))]]
-        tiles.append(_read_pair(samples[int(rng.integers(len(samples)))]))
-    shape = tiles[0][0].shape[:2]
-    images = [_resize_image(img, shape) for img, _ in tiles]
-    masks = [m if m.shape == shape else np.asarray(Image.fromarray(m).resize((shape[1], shape[0]), Image.NEAREST))
-             for _, m in tiles]
-    image = np.concatenate([np.concatenate(images[:2], axis=1), np.concatenate(images[2:], axis=1)], axis=0)
-    mask = np.concatenate([np.concatenate(masks[:2], axis=1), np.concatenate(masks[2:], axis=1)], axis=0)
-    return image, mask
-
-
 def train_adapters(
     method: APRILGAN,
     backbone: Backbone,
@@ -661,11 +581,8 @@ def train_adapters(
     """
     if not isinstance(method, APRILGAN):
         raise ConfigError(f"train_adapters trains an APRIL-GAN method, got {type(method).__name__}")
-    if isinstance(dataset, (str, Path)):
-        from bench.data import open_dataset
-
-        dataset = open_dataset(Path(dataset))
-    name = str(getattr(dataset, "name", "")).lower()
+    data = AuxiliaryData.open(dataset, categories)
+    name = data.name
     if epochs is None:
         if name not in OFFICIAL_EPOCHS:
             raise ConfigError(
@@ -685,24 +602,11 @@ def train_adapters(
     if method._backbone is not backbone:
         method.bind(backbone)
     adapters = method._require_bound()
-    cats = list(categories) if categories is not None else list(dataset.categories())
-    samples: list[Sample] = []
-    pools: dict[str, dict[str, list[Sample]]] = {}
-    for category in cats:
-        if not dataset.category_has_masks(category):
-            raise DatasetError(f"{dataset.root}: category {category!r} has no masks; APRIL-GAN trains on masks")
-        found = dataset.test(category)
-        samples.extend(found)
-        for s in found:
-            pools.setdefault(category, {}).setdefault(s.defect, []).append(s)
-    if not samples:
-        raise DatasetError(f"{dataset.root}: no test images to train on in {', '.join(cats) or 'no category'}")
-
     size = int(backbone.input_size)
     rng = np.random.default_rng(int(seed))
     adapters.train().requires_grad_(True)
     optimizer = torch.optim.Adam(adapters.parameters(), lr=float(lr), betas=TRAIN_BETAS)
-    steps_per_epoch = math.ceil(len(samples) / int(batch_size))
+    steps_per_epoch = math.ceil(len(data.samples) / int(batch_size))
     total = int(epochs) * steps_per_epoch if max_steps is None else min(int(max_steps), int(epochs) * steps_per_epoch)
     losses: list[float] = []
     from tqdm.auto import tqdm
@@ -710,23 +614,12 @@ def train_adapters(
     bar = tqdm(total=total, desc="aprilgan adapters", disable=not progress, leave=False)
     try:
         for _ in range(int(epochs)):
-            order = rng.permutation(len(samples))
-            for start in range(0, len(samples), int(batch_size)):
+            for batch in data.batches(int(batch_size), size, rate, rng):
                 if len(losses) >= total:
                     break
-                batch = [samples[i] for i in order[start : start + int(batch_size)]]
-                images, masks, texts = [], [], []
-                for s in batch:
-                    if rate > 0 and rng.random() < rate:
-                        image, mask = _mosaic(pools[s.category], rng)
-                    else:
-                        image, mask = _read_pair(s)
-                    images.append(image)
-                    masks.append(_resize_mask(mask, size))
-                    texts.append(method.text(method.object_for(s.category)))
-                feats = backbone.features(backbone.preprocess(images))
-                gt = torch.stack(masks).to(method._device)
-                text = torch.stack(texts)  # (B, D, 2)
+                gt = batch.masks.to(method._device)
+                feats = backbone.features(backbone.preprocess(batch.images))
+                text = torch.stack([method.text(method.object_for(c)) for c in batch.categories])  # (B, D, 2)
                 loss = torch.zeros((), device=method._device)
                 for layer in adapters.layers:
                     logits = layer_logits(adapters, layer, feats.layers[layer].to(method._device, torch.float32), text)
@@ -745,8 +638,7 @@ def train_adapters(
         adapters.eval().requires_grad_(False)
 
     meta = {
-        "dataset": name, "dataset_root": str(getattr(dataset, "root", "")), "categories": cats,
-        "n_images": len(samples), "epochs": int(epochs), "steps": len(losses), "lr": float(lr),
+        **data.meta(), "epochs": int(epochs), "steps": len(losses), "lr": float(lr),
         "batch_size": int(batch_size), "mosaic_rate": rate, "seed": int(seed),
         "final_loss": losses[-1] if losses else None,
     }

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from bench.methods import aprilgan as A
+from bench.methods._auxiliary import dice_loss, focal_loss
 from click.testing import CliRunner
 from fakes import TinyBackbone
 
@@ -263,14 +264,21 @@ def test_unreadable_or_missing_files_are_weights_errors(tmp_path):
     assert str(junk) in str(info.value)
     missing = tmp_path / "nope" / "visa_pretrained.pth"
     with pytest.raises(WeightsError) as info:
-        METHODS.create("aprilgan", adapters=str(missing))
+        METHODS.create("aprilgan", adapters=str(missing)).bind(FakeClip())
     assert str(missing) in str(info.value) and "not found" in str(info.value)
 
 
 def test_no_adapters_is_a_weights_error_naming_both_ways():
+    clip = FakeClip()
+    clip.weights = "openai"
     with pytest.raises(WeightsError) as info:
-        METHODS.create("aprilgan")
+        METHODS.create("aprilgan").bind(clip)
     message = str(info.value)
+    random_clip = FakeClip()
+    random_clip.weights = "random"  # --weights random: a smoke run, the adapters are untrained
+    method = METHODS.create("aprilgan")
+    method.bind(random_clip)
+    assert method.info.settings["adapters"] == "untrained"
     for needle in ("official", "visa_pretrained.pth", "mvtec_pretrained.pth", "train_adapters",
                    "method_options.aprilgan.adapters", "untrained"):
         assert needle in message, needle
@@ -307,9 +315,9 @@ def test_losses_match_the_official_definitions():
         onehot = (1e-5, 1 - 1e-5) if t == 1 else (1 - 1e-5, 1e-5)
         pt = onehot[0] * (1 - p) + onehot[1] * p + 1e-5
         focal.append(-((1 - pt) ** 2) * math.log(pt))
-    assert A.focal_loss(probs, target).item() == pytest.approx(sum(focal) / 4, rel=1e-5)
+    assert focal_loss(probs, target).item() == pytest.approx(sum(focal) / 4, rel=1e-5)
     dice = (2 * (0.9 + 0.6) + 1) / (2.0 + 2.0 + 1)
-    assert A.dice_loss(probs1[None], target).item() == pytest.approx(1 - dice, rel=1e-6)
+    assert dice_loss(probs1[None], target).item() == pytest.approx(1 - dice, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- a random ViT-B-32
@@ -401,6 +409,8 @@ def test_bench_run_smoke(few_templates, tmp_path):
     assert result.exit_code == 0, result.output
     units = open_store(out).units()
     assert list(units.method.unique()) == ["aprilgan"] and len(units) == 1
-    # without adapters: one clear line naming both ways, before anything runs
-    bad = CliRunner().invoke(main, base)
-    assert bad.exit_code != 0 and "train_adapters" in bad.output and "Traceback" not in bad.output
+    # adapters that are not there: one clear line naming the file and both ways to get them
+    missing = tmp_path / "visa_pretrained.pth"
+    bad = CliRunner().invoke(main, base + ["--set", f"method_options.aprilgan.adapters={missing}"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert str(missing) in bad.output and "train_adapters" in bad.output

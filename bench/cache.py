@@ -96,7 +96,7 @@ class FeatureCache:
             embedding = record["embedding"]
             if record.get("version") != CACHE_VERSION:
                 raise ValueError(f"cache version {record.get('version')!r}, expected {CACHE_VERSION}")
-            expected = self.backbone.channels
+            expected = {**self.backbone.channels, **self.backbone.extra_channels}
             if list(layers) != list(expected):
                 raise ValueError(f"layers {list(layers)}, expected {list(expected)}")
             for name, value in layers.items():

@@ -87,7 +87,16 @@ class Backbone(ABC):
     @property
     @abstractmethod
     def channels(self) -> dict[str, int]:
-        """Channel count of each named layer of the FeatureSet."""
+        """Channel count of each patch-feature layer of the FeatureSet (what refiners read)."""
+
+    @property
+    def extra_channels(self) -> dict[str, int]:
+        """Further FeatureSet layers a method asked for (e.g. WinCLIP's window embeddings).
+
+        They travel and are cached with the patch features but are not offered to refiners.
+        Default: none.
+        """
+        return {}
 
 
 @dataclass(frozen=True)

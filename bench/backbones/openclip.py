@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 
 import contextlib
+from abc import ABC, abstractmethod
 import logging
 import os
 import socket
@@ -77,7 +78,7 @@ from bench.backbones._images import as_rgb
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone
 from bench.records import FeatureSet
-from bench.registry import BACKBONES
+from bench.registry import BACKBONES, CLIP_EXTRAS
 
 ARCHS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336")
 DEFAULT_TAG = "openai"
@@ -289,6 +290,25 @@ def _quiet_open_clip():
 # --------------------------------------------------------------------------- the backbone
 
 
+class ClipExtra(ABC):
+    """An extra output of ``OpenClipBackbone.features`` (registered in ``CLIP_EXTRAS``).
+
+    Created once per backbone with ``backbone=`` and its options; ``compute`` runs under the
+    backbone's inference mode and autocast on the preprocessed batch and returns its layers,
+    each ``(B, C, h, w)`` as declared in ``channels``. ``identity`` goes into the feature cache key.
+    """
+
+    channels: dict[str, int]
+
+    @abstractmethod
+    def identity(self) -> dict[str, object]:
+        """Everything that determines the extra's output besides the backbone (JSON-able)."""
+
+    @abstractmethod
+    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Preprocessed ``(B, 3, S, S)`` batch on the backbone's device → the extra layers."""
+
+
 class OpenClipBackbone(Backbone):
     """Frozen open_clip ViT: patch tokens of chosen blocks, CLIP image embedding, text tower."""
 
@@ -303,6 +323,7 @@ class OpenClipBackbone(Backbone):
         device: str = "cpu",
         precision: str = "auto",
         quick_gelu: bool | None = None,
+        extras: dict[str, dict[str, object]] | None = None,
     ) -> None:
         """An open_clip ViT ``arch`` (e.g. ``ViT-L-14-336``).
 
@@ -310,6 +331,8 @@ class OpenClipBackbone(Backbone):
         layers: 'block<N>' names, 1-based (default: 4 evenly spaced blocks).
         input_size: square input side (None: the native size; a multiple of the patch size).
         precision: 'auto' = fp32 on CPU, fp16 autocast on CUDA. quick_gelu: None = as the tag says.
+        extras: {name: options} of registered ``CLIP_EXTRAS`` computed with the features (e.g.
+        WinCLIP's window embeddings); methods ask for them through their backbone options.
         """
         import open_clip
         from open_clip.transformer import VisionTransformer
@@ -408,11 +431,21 @@ class OpenClipBackbone(Backbone):
         if not isinstance(getattr(model, "visual", None), VisionTransformer):
             raise ConfigError(f"{arch}: open_clip built no VisionTransformer image tower")
         self.model = model.eval().requires_grad_(False).to(self.device)
+        if extras is not None and not isinstance(extras, dict):
+            raise ConfigError(f"{arch} extras must be a mapping name -> options, got {extras!r}")
+        self.extras_options = {str(k): dict(v or {}) for k, v in sorted((extras or {}).items())}
+        self.extras: dict[str, ClipExtra] = {
+            name: CLIP_EXTRAS.create(name, backbone=self, **options) for name, options in self.extras_options.items()
+        }
 
     # -- declared properties
     @property
     def channels(self) -> dict[str, int]:
         return {name: self.width for name in self.layers}
+
+    @property
+    def extra_channels(self) -> dict[str, int]:
+        return {name: c for extra in self.extras.values() for name, c in extra.channels.items()}
 
     @property
     def strides(self) -> dict[str, int]:
@@ -437,6 +470,8 @@ class OpenClipBackbone(Backbone):
         """Cache identity: a tag stands for its weights (no file hash); a file is hashed."""
         ident = super().identity()
         ident.update(arch=self.arch, quick_gelu=self.quick_gelu, precision=self.precision)
+        if self.extras:  # absent otherwise: existing cache keys stay valid
+            ident["extras"] = {name: extra.identity() for name, extra in self.extras.items()}
         if self.weights_tag is not None:
             ident["weights_file"] = None
         return ident
@@ -474,9 +509,11 @@ class OpenClipBackbone(Backbone):
                 normalize_intermediates=False,
                 output_fmt="NCHW",
             )
+            extra = {k: v for e in self.extras.values() for k, v in e.compute(x.to(self.device, torch.float32)).items()}
         maps = dict(zip(self._indices, out["image_intermediates"]))
         # clone outside inference mode: ordinary tensors a refiner may train on
         layers = {name: maps[i].clone().float() for name, i in self._taps.items()}
+        layers.update({name: value.clone().float() for name, value in extra.items()})
         embedding = F.normalize(out["image_features"].clone().float(), dim=-1)
         return FeatureSet(layers=layers, embedding=embedding)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from tqdm.auto import tqdm
 from bench.cache import FeatureCache, encode
 from bench.config import RunConfig
 from bench.data import open_dataset, select_categories
-from bench.errors import ConfigError
+from bench.errors import ConfigError, WeightsError
 from bench.evaluation import eval_masks, evaluate
-from bench.interfaces import Backbone, Dataset
+from bench.interfaces import Backbone, Dataset, Method
 from bench.protocol import PGTOutput, Stream, check_group_sizes, coarse_scores, make_groups, run_pgt
 from bench.records import Sample
 from bench.registry import BACKBONES, METHODS, REFINERS
@@ -77,6 +78,10 @@ def _frozen(value: object) -> object:
     return value
 
 
+class SkippedMethodWarning(UserWarning):
+    """A method of ``--methods all`` that cannot run with this configuration (the message says why)."""
+
+
 @dataclass
 class RunSummary:
     parent_id: str
@@ -95,6 +100,7 @@ class Runner:
         self._backbones: dict[tuple, Backbone] = {}
         self._caches: dict[int, FeatureCache] = {}
         self._streams: dict[tuple[int, str], Stream] = {}
+        self.skipped: dict[str, str] = {}  # methods left out of --methods all, and why (usable_methods)
 
     def backbone_kwargs(self, options: dict[str, object] | None = None) -> dict[str, object]:
         """Factory options of a backbone: the method's, then the run's ``--weights`` / ``--device``."""
@@ -111,6 +117,44 @@ class Runner:
         if key not in self._backbones:
             self._backbones[key] = BACKBONES.create(name, **kwargs)
         return self._backbones[key]
+
+    def method(self, name: str) -> tuple[Method, Backbone]:
+        """A fresh method ``name`` with its options, bound to its backbone (the run's or its default)."""
+        method = METHODS.create(name, **self.config.method_options.get(name, {}))
+        return method, self.bind(method)
+
+    def bind(self, method: Method) -> Backbone:
+        """Create (or reuse) the method's backbone and bind the method to it."""
+        backbone_name = self.config.backbone or method.info.default_backbone
+        backbone = self.backbone(backbone_name, method.backbone_options(backbone_name))
+        method.bind(backbone)
+        return backbone
+
+    def usable_methods(self, names: list[str], skip_unusable: bool) -> list[str]:
+        """Set each method up once before anything runs, so that bad options, a missing checkpoint,
+        weights offline or a backbone it cannot use are one clear error up front.
+
+        ``skip_unusable`` (``--methods all``): a method that cannot get or use its backbone or
+        checkpoint is skipped with a warning that says why (e.g. CLIP methods on the embedded
+        default, offline), recorded in ``self.skipped``; at least one method must remain. Bad
+        method options are always errors, and named methods are never skipped.
+        """
+        usable = []
+        for name in names:
+            method = METHODS.create(name, **self.config.method_options.get(name, {}))  # bad options: always an error
+            try:
+                self.bind(method)
+            except (WeightsError, ConfigError) as exc:
+                if not skip_unusable:
+                    raise
+                self.skipped[name] = str(exc)
+                warnings.warn(f"--methods all: skipping {name}: {exc}", SkippedMethodWarning, stacklevel=2)
+                continue
+            usable.append(name)
+        if not usable:
+            reasons = "; ".join(f"{name}: {why}" for name, why in self.skipped.items())
+            raise ConfigError(f"--methods all: no method can run with this configuration ({reasons})")
+        return usable
 
     def feature_cache(self, backbone: Backbone) -> FeatureCache | None:
         """The on-disk feature cache of ``backbone`` under ``<out>/cache`` (None with cache off)."""
@@ -134,11 +178,12 @@ class Runner:
         with self.timer.stage("load"):
             dataset = open_dataset(root, cfg.dataset)
             categories = select_categories(dataset, cfg.categories)
-        methods = METHODS.resolve(cfg.methods)
+        methods = self.usable_methods(METHODS.resolve(cfg.methods), skip_unusable=cfg.methods.strip() == "all")
         refiners = ["none"] + [r for r in REFINERS.resolve(cfg.refiners) if r != "none"]
         preflight(dataset, categories, methods, cfg)
         store = open_store(cfg.out, cfg.tracking_uri, cfg.experiment)
-        params = {**cfg.to_params(), "data_root": str(Path(root).resolve()), "dataset_resolved": dataset.name}
+        params = {**cfg.to_params(), "data_root": str(Path(root).resolve()), "dataset_resolved": dataset.name,
+                  "methods_resolved": ",".join(methods), "methods_skipped": ",".join(self.skipped) or "-"}
         # a new parent run, or the unfinished one of the same config (bench.resume)
         state = self.resume_state = start_or_resume(
             store, f"{dataset.name}:{','.join(methods)}:{','.join(refiners)}", params, cfg.resume)
@@ -169,9 +214,7 @@ class Runner:
 
     def run_unit(self, store: Store, parent: str, dataset: Dataset, method_name: str, category: str, refiner_names: list[str]) -> None:
         cfg = self.config
-        method = METHODS.create(method_name, **cfg.method_options.get(method_name, {}))
-        backbone_name = cfg.backbone or method.info.default_backbone
-        backbone = self.backbone(backbone_name, method.backbone_options(backbone_name))
+        method, backbone = self.method(method_name)
         if not method.info.scores_unseen_images:
             trainable = [n for n, r in self.refiners(refiner_names, backbone).items() if r.trainable]
             if trainable:
@@ -181,7 +224,6 @@ class Runner:
                     f"{', '.join(trainable)} cannot be used with it. Use training-free refiners "
                     f"(e.g. --refiner none, gaussian or guided)."
                 )
-        method.bind(backbone)
         with self.timer.stage("load"):
             samples = dataset.test(category)
         stream = self.stream(dataset, category, samples, backbone)
@@ -239,6 +281,40 @@ class Runner:
                       titles=[samples[i].key for i in picks])
             paths.append(figure)
         return paths
+
+
+@dataclass
+class MethodCard:
+    """What `bench list methods` shows of a method: its info at default options."""
+
+    name: str
+    paper: str
+    default_backbone: str
+    training: str
+    in_all: bool
+    settings: dict[str, object]
+    deviations: str
+
+
+def method_catalog() -> list[MethodCard]:
+    """Every registered method described from its ``MethodInfo`` (created with default options).
+
+    A method that cannot be created without options (``external`` needs its maps folder) is shown
+    with its registry description and the option it needs.
+    """
+    cards = []
+    for name in METHODS.names():
+        entry = METHODS.entry(name)
+        try:
+            info = METHODS.create(name).info
+        except ConfigError as exc:
+            cards.append(MethodCard(name, entry.description, "-", "-", entry.in_all, {"needs": str(exc)}, ""))
+            continue
+        paper = f"{info.paper} (arXiv {info.arxiv})" if info.arxiv else info.paper
+        training = "auxiliary dataset" if info.needs_auxiliary_training else "none"
+        cards.append(MethodCard(name, paper, info.default_backbone, training, entry.in_all,
+                                dict(info.settings), info.deviations))
+    return cards
 
 
 def preflight(dataset: Dataset, categories: list[str], methods: list[str], cfg: RunConfig) -> None:

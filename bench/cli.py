@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from functools import wraps
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def friendly(command):
     return wrapper
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line as one ``Warning: ...`` line, without file and line numbers."""
+    return f"Warning: {message}\n"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="anorefiner-bench")
 def main() -> None:
@@ -40,23 +46,43 @@ def main() -> None:
       bench table                     # the paper-style table of the latest run
       bench ui                        # browse runs in the MLflow UI
     """
+    warnings.formatwarning = _one_line_warning
 
 
 @main.command("list")
 @click.argument("what", required=False, type=click.Choice(LISTS))
-def list_(what: str | None) -> None:
-    """List registered methods, refiners, datasets and backbones, with a one-line description.
+@click.option("--details", is_flag=True, help="Methods: also each one's settings and deviations from the official code.")
+def list_(what: str | None, details: bool) -> None:
+    """List registered methods, refiners, datasets and backbones.
+
+    Methods are shown with their paper, default backbone and whether they need training.
 
     \b
     Examples:
       bench list
-      bench list methods
+      bench list methods --details
     """
+    from tabulate import tabulate
+
     from bench import registry
+    from bench.api import method_catalog
 
     for kind in [what] if what else LISTS:
-        reg = getattr(registry, kind.upper())
         click.secho(kind, bold=True)
+        if kind == "methods":
+            catalog = method_catalog()
+            rows = [[m.name, m.paper, m.default_backbone, m.training, "yes" if m.in_all else "named only"]
+                    for m in catalog]
+            click.echo(tabulate(rows, ["method", "paper", "default backbone", "training", "in 'all'"],
+                                maxcolwidths=[None, 56, None, 14, 6]))
+            for m in catalog if details else []:
+                click.secho(f"\n{m.name}", bold=True)
+                for key, value in m.settings.items():
+                    click.echo(f"  {key}: {value}")
+                if m.deviations:
+                    click.echo(f"  deviations from the official code: {m.deviations}")
+            continue
+        reg = getattr(registry, kind.upper())
         for name in reg.names():
             click.echo(f"  {name:<20} {reg.entry(name).description}")
 

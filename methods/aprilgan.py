@@ -526,8 +526,7 @@ class APRILGAN(Method):
 @METHODS.register(
     "aprilgan",
     "APRIL-GAN (VAND 2023): CLIP prompt ensemble vs linearly adapted patch tokens; needs adapters "
-    "trained on an auxiliary dataset (not part of --methods all: set its adapters option)",
-    in_all=False,
+    "trained on an auxiliary dataset (--set method_options.aprilgan.adapters=PATH)",
 )
 def create(
     adapters: str | None = None,

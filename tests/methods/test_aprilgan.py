@@ -303,7 +303,7 @@ def test_info_and_registration():
         "layers": ("block6", "block12", "block18", "block24"), "input_size": 518}
     assert method.backbone_options("ViT-B-32") == {}
     assert "softmax" in info.deviations and info.settings["logit_scale"] == 100.0
-    assert "aprilgan" in METHODS.names() and "aprilgan" not in METHODS.resolve("all")
+    assert "aprilgan" in METHODS.resolve("all")  # untrained under --weights random, else skipped or an error
 
 
 def test_losses_match_the_official_definitions():

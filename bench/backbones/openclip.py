@@ -80,7 +80,7 @@ from bench.interfaces import Backbone
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, CLIP_EXTRAS
 
-ARCHS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336")
+ARCHS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "ViT-B-16-plus-240")
 DEFAULT_TAG = "openai"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")

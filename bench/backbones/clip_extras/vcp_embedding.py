@@ -1,0 +1,37 @@
+"""The CLIP image embedding before L2 normalisation, for VCP-CLIP's Pre-VCP module.
+
+``FeatureSet.embedding`` is L2-normalised. VCP-CLIP (Qu et al., ECCV 2024, arXiv 2407.12276;
+official code xiaozhen228/VCP-CLIP, ``models/transformer.py`` and ``models/pre_vcp.py``) feeds the
+*unnormalised* projected class token (``ln_post`` of the class token, ``@ proj``: what its image
+tower returns) through a Conv1d with a bias, so the embedding's length changes the text prompts
+and cannot be recovered from the normalised vector.
+
+The backbone's main pass keeps only the normalised embedding, so this extra runs the image tower
+once more (``model.visual(x)``, the plain CLIP forward: VCP-CLIP modifies nothing in it). That
+doubles the feature time, once per image (features are cached with the extra).
+
+Layer ``vcp_embedding``: ``(B, D, 1, 1)``, D the joint image-text dimension.
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.backbones.openclip import ClipExtra, OpenClipBackbone
+from bench.registry import CLIP_EXTRAS
+
+LAYER = "vcp_embedding"
+
+
+@CLIP_EXTRAS.register(LAYER, "VCP-CLIP: the CLIP image embedding before L2 normalisation, (B, D, 1, 1)")
+class VcpEmbedding(ClipExtra):
+    """The projected class token of the image tower, not normalised (see the module docstring)."""
+
+    def __init__(self, backbone: OpenClipBackbone) -> None:
+        self.visual = backbone.model.visual
+        self.channels = {LAYER: backbone.embedding_dim}
+
+    def identity(self) -> dict[str, object]:
+        return {}
+
+    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {LAYER: self.visual(x)[:, :, None, None]}

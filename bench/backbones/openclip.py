@@ -296,6 +296,8 @@ class ClipExtra(ABC):
     Created once per backbone with ``backbone=`` and its options; ``compute`` runs under the
     backbone's inference mode and autocast on the preprocessed batch and returns its layers,
     each ``(B, C, h, w)`` as declared in ``channels``. ``identity`` goes into the feature cache key.
+    ``compute`` also gets the unnormalised image embedding of the backbone's own pass, so an
+    extra that needs it (VCP-CLIP, AdaCLIP) runs no second forward.
     """
 
     channels: dict[str, int]
@@ -305,8 +307,9 @@ class ClipExtra(ABC):
         """Everything that determines the extra's output besides the backbone (JSON-able)."""
 
     @abstractmethod
-    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Preprocessed ``(B, 3, S, S)`` batch on the backbone's device → the extra layers."""
+    def compute(self, x: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Preprocessed ``(B, 3, S, S)`` batch on the backbone's device, and its unnormalised
+        CLIP embedding ``(B, D)`` (``ln_post`` of the class token ``@ proj``) → the extra layers."""
 
 
 class OpenClipBackbone(Backbone):
@@ -509,7 +512,11 @@ class OpenClipBackbone(Backbone):
                 normalize_intermediates=False,
                 output_fmt="NCHW",
             )
-            extra = {k: v for e in self.extras.values() for k, v in e.compute(x.to(self.device, torch.float32)).items()}
+            extra = {
+                name: value
+                for e in self.extras.values()
+                for name, value in e.compute(x.to(self.device, torch.float32), out["image_features"]).items()
+            }
         maps = dict(zip(self._indices, out["image_intermediates"]))
         # clone outside inference mode: ordinary tensors a refiner may train on
         layers = {name: maps[i].clone().float() for name, i in self._taps.items()}

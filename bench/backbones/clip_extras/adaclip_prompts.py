@@ -211,15 +211,20 @@ class AdaCLIPPrompts(ClipExtra):
     def identity(self) -> dict[str, object]:
         return {"layers": list(self.layers), "length": self.length, "depth": self.depth, "parameters": self.source}
 
-    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def compute(self, x: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         """``forward``, which the backbone runs under its inference mode and autocast."""
-        return self.forward(x)
+        return self.forward(x, embedding)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Preprocessed ``(B, 3, S, S)`` batch → the prompted layers (with autograd to the prompts)."""
+    def forward(self, x: torch.Tensor, clip_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Preprocessed ``(B, 3, S, S)`` batch → the prompted layers (with autograd to the prompts).
+
+        ``clip_image``: the frozen, unprompted CLIP embedding of ``x`` (the input of the dynamic
+        prompts), when the caller has it (the backbone's own pass); None computes it.
+        """
         visual = self.backbone.model.visual
-        with torch.no_grad():
-            clip_image = visual(x)  # frozen, unprompted: the input of the dynamic prompts
+        if clip_image is None:
+            with torch.no_grad():
+                clip_image = visual(x)
         dynamic = self.prompts.dynamic(clip_image)
         h = visual._embeds(x)  # class + patch tokens after ln_pre (open_clip's own embedding step)
         n = h.shape[1]

@@ -88,7 +88,7 @@ class DPAM(ClipExtra):
     def identity(self) -> dict[str, object]:
         return {"layers": list(self.taps.values()), "start": f"block{self.start + 1}"}
 
-    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def compute(self, x: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         visual = self.visual
         b = x.shape[0]
         h, w = x.shape[-2] // visual.patch_size[0], x.shape[-1] // visual.patch_size[1]

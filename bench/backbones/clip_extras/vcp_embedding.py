@@ -6,9 +6,8 @@ official code xiaozhen228/VCP-CLIP, ``models/transformer.py`` and ``models/pre_v
 tower returns) through a Conv1d with a bias, so the embedding's length changes the text prompts
 and cannot be recovered from the normalised vector.
 
-The backbone's main pass keeps only the normalised embedding, so this extra runs the image tower
-once more (``model.visual(x)``, the plain CLIP forward: VCP-CLIP modifies nothing in it). That
-doubles the feature time, once per image (features are cached with the extra).
+The backbone's FeatureSet keeps only the normalised embedding; this extra keeps the unnormalised
+one of the same pass (VCP-CLIP modifies nothing in the image tower), at no extra forward.
 
 Layer ``vcp_embedding``: ``(B, D, 1, 1)``, D the joint image-text dimension.
 """
@@ -27,11 +26,10 @@ class VcpEmbedding(ClipExtra):
     """The projected class token of the image tower, not normalised (see the module docstring)."""
 
     def __init__(self, backbone: OpenClipBackbone) -> None:
-        self.visual = backbone.model.visual
         self.channels = {LAYER: backbone.embedding_dim}
 
     def identity(self) -> dict[str, object]:
         return {}
 
-    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {LAYER: self.visual(x)[:, :, None, None]}
+    def compute(self, x: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {LAYER: embedding[:, :, None, None]}

@@ -65,7 +65,7 @@ class WindowEmbeddings(ClipExtra):
     def identity(self) -> dict[str, object]:
         return {"sizes": list(self.sizes)}
 
-    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def compute(self, x: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
         visual = self.backbone.model.visual
         grid = self.backbone.grid
         tokens = visual._embeds(x)  # (B, 1 + h·w, C): patches, class token, position embedding, ln_pre

@@ -19,8 +19,12 @@ demo: setup  ## the main job on the embedded default: every method x every refin
 test: setup
 	$(BIN)/python -m pytest -q
 
-benchmarks: setup
-	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-group-by=group
+$(BIN)/.benchmarks: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[benchmarks]'
+	touch $@
+
+benchmarks: $(BIN)/.benchmarks  ## speed as ratios at full size (tens of minutes); `pytest benchmarks` is the small form
+	$(BIN)/python -m pytest benchmarks --bench-size full --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-group-by=func
 
 clean:
 	rm -rf $(VENV) results/mlflow.db results/artifacts results/data

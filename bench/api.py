@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import tempfile
 import warnings
+from contextlib import closing
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from bench.config import RunConfig
 from bench.data import open_dataset, select_categories
 from bench.errors import ConfigError, WeightsError
 from bench.evaluation import eval_masks, evaluate
+from bench.executors import EXECUTORS
 from bench.interfaces import Backbone, Dataset, Method
 from bench.protocol import PGTOutput, Stream, check_group_sizes, coarse_scores, make_groups, run_pgt
 from bench.records import Sample
@@ -82,6 +85,16 @@ class SkippedMethodWarning(UserWarning):
     """A method of ``--methods all`` that cannot run with this configuration (the message says why)."""
 
 
+@dataclass(frozen=True)
+class Task:
+    """What an executor computes at once: one method on one category with every refiner and
+    contamination, which share the category's features and the method's coarse maps."""
+
+    category: str
+    method: str
+    refiners: tuple[str, ...]
+
+
 @dataclass
 class RunSummary:
     parent_id: str
@@ -101,6 +114,27 @@ class Runner:
         self._caches: dict[int, FeatureCache] = {}
         self._streams: dict[tuple[int, str], Stream] = {}
         self.skipped: dict[str, str] = {}  # methods left out of --methods all, and why (usable_methods)
+
+    def __getstate__(self) -> dict[str, object]:
+        """A Runner travels (to a Ray worker) as its config and resume state; its dataset, store,
+        backbones and features are opened again where it lands."""
+        return {"config": self.config, "resume_state": self.resume_state}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["config"], progress=False)
+        self.resume_state = state["resume_state"]
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The run's dataset (default: the embedded one, made on first use)."""
+        with self.timer.stage("load"):
+            return open_dataset(self.config.data_root or embedded_root(self.config.out), self.config.dataset)
+
+    @cached_property
+    def store(self) -> Store:
+        """The run's MLflow store."""
+        with self.timer.stage("logging"):  # on first use, MLflow creates its database here
+            return open_store(self.config.out, self.config.tracking_uri, self.config.experiment)
 
     def backbone_kwargs(self, options: dict[str, object] | None = None) -> dict[str, object]:
         """Factory options of a backbone: the method's, then the run's ``--weights`` / ``--device``."""
@@ -167,6 +201,7 @@ class Runner:
     def stream(self, dataset: Dataset, category: str, samples: list[Sample], backbone: Backbone) -> Stream:
         key = (id(backbone), category)  # backbones are unique per (name, options), see backbone()
         if key not in self._streams:
+            self._streams = {k: v for k, v in self._streams.items() if k[1] == category}  # one category at a time
             with self.timer.stage("features"):
                 cache = self.feature_cache(backbone)
                 self._streams[key] = build_stream(samples, backbone, self.config.batch_size, self.progress, cache)
@@ -174,32 +209,45 @@ class Runner:
 
     def run(self) -> RunSummary:
         cfg = self.config
-        root = cfg.data_root or embedded_root(cfg.out)
+        dataset = self.dataset
         with self.timer.stage("load"):
-            dataset = open_dataset(root, cfg.dataset)
             categories = select_categories(dataset, cfg.categories)
         methods = self.usable_methods(METHODS.resolve(cfg.methods), skip_unusable=cfg.methods.strip() == "all")
         refiners = ["none"] + [r for r in REFINERS.resolve(cfg.refiners) if r != "none"]
         preflight(dataset, categories, methods, cfg)
-        store = open_store(cfg.out, cfg.tracking_uri, cfg.experiment)
-        params = {**cfg.to_params(), "data_root": str(Path(root).resolve()), "dataset_resolved": dataset.name,
+        store = self.store
+        params = {**cfg.to_params(), "data_root": str(dataset.root.resolve()), "dataset_resolved": dataset.name,
                   "methods_resolved": ",".join(methods), "methods_skipped": ",".join(self.skipped) or "-"}
         # a new parent run, or the unfinished one of the same config (bench.resume)
         state = self.resume_state = start_or_resume(
             store, f"{dataset.name}:{','.join(methods)}:{','.join(refiners)}", params, cfg.resume)
         parent = state.parent_id
+        tasks = [Task(category, method_name, tuple(refiners)) for category in categories for method_name in methods
+                 if not state.method_done(category, method_name, cfg.pgt.contamination, refiners)]
         try:
-            for category in tqdm(categories, desc="categories", disable=not self.progress):
-                for method_name in methods:
-                    if not state.method_done(category, method_name, cfg.pgt.contamination, refiners):
-                        self.run_unit(store, parent, dataset, method_name, category, refiners)
-                self._streams.clear()  # features of one category at a time
+            with closing(EXECUTORS[cfg.executor](self.run_task, tasks, cfg)) as finished:
+                for seconds in tqdm(finished, total=len(tasks), desc="tasks", disable=not self.progress):
+                    for stage, value in seconds.items():  # with Ray: summed over tasks that ran side by side
+                        self.timer.add(stage, value)
             store.log_metrics(parent, self.timer.as_metrics())
         except BaseException as exc:
             store.finish(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
             raise
         store.finish(parent)
         return RunSummary(parent, store.units(parent), dict(self.timer.seconds))
+
+    def run_task(self, task: Task) -> dict[str, float]:
+        """Compute one task and log its units; returns the seconds it spent per stage.
+
+        The executor calls it here, or on a copy of this Runner in a Ray worker (``__getstate__``).
+        """
+        timer, self.timer = self.timer, StageTimer()  # this task's stages alone: run() adds them up
+        try:
+            self.run_unit(self.store, self.resume_state.parent_id, self.dataset, task.method, task.category,
+                          list(task.refiners))
+            return dict(self.timer.seconds)
+        finally:
+            self.timer = timer
 
     def refiners(self, names: list[str], backbone: Backbone) -> dict:
         """Fresh refiners for one unit (state starts empty, then carries over between its groups)."""
@@ -230,7 +278,8 @@ class Runner:
         eval_size = cfg.eval_size or backbone.input_size
         backbone_params = {"backbone": backbone.name, "backbone_input_size": str(backbone.input_size),
                            "backbone_layers": ",".join(backbone.channels)}
-        masks = eval_masks(samples, eval_size, cfg.mask_threshold) if dataset.category_has_masks(category) else None
+        with self.timer.stage("load"):
+            masks = eval_masks(samples, eval_size, cfg.mask_threshold) if dataset.category_has_masks(category) else None
         groups = make_groups(len(samples), cfg.pgt, cfg.seed)
         with self.timer.stage("scoring"):
             coarse = coarse_scores(method, stream.features, groups, cfg.pgt.reference)
@@ -242,8 +291,12 @@ class Runner:
             built = self.refiners(refiner_names, backbone)
             with self.timer.stage("pgt"):
                 output = run_pgt(stream, coarse, groups, method, backbone, built, cfg.pgt, contamination, cfg.seed)
+            self.timer.add("pgt_synth", sum(log.synth_seconds for log in output.log))
+            self.timer.add("pgt_train", sum(sum(log.train_seconds.values()) for log in output.log))
+            self.timer.add("pgt_refine", sum(sum(log.refine_seconds.values()) for log in output.log))
             with tempfile.TemporaryDirectory() as tmp:
-                artifacts = self.artifacts(Path(tmp), samples, stream, coarse.maps, output, masks, category)
+                with self.timer.stage("logging"):
+                    artifacts = self.artifacts(Path(tmp), samples, stream, coarse.maps, output, masks, category)
                 for name, maps in output.maps.items():
                     if state is not None and state.unit_done(category, method_name, contamination, name):
                         continue  # its unit was logged before an interruption; the block is redone for the others

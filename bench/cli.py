@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BenchError
+from bench.executors import EXECUTORS
 
 LISTS = ("methods", "refiners", "datasets", "backbones")
 
@@ -157,6 +158,10 @@ def data_check(path: Path, dataset: str | None, categories: str | None) -> None:
 @click.option("--resume/--no-resume", default=None,
               help="Continue an interrupted run of the same config in the store (its finished units are kept), "
                    "or always start a new run.  [default: resume]")
+@click.option("--executor", type=click.Choice(list(EXECUTORS)),
+              help="serial: in this process; ray: each (category, method) as a task on a Ray cluster.  [default: serial]")
+@click.option("--ray-address", help="--executor ray: the Ray cluster to use, e.g. HOST:6379 or auto "
+                                    "(default: a local one on all cores, started for the run).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Any config field, e.g. --set pgt.synth_per_group=32 --set refiner_options.ard.steps=50.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -171,6 +176,8 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
       bench run --data-root /data/mvtec --methods musc --refiner ard,none --categories bottle,wood
       bench run --refiner ard --contamination 0,0.1,0.2,0.3,0.5
       bench run --set pgt.n_groups=3 --set refiner_options.ard.steps=40
+      bench run --executor ray                           # a local Ray cluster on all cores
+      bench run --executor ray --ray-address HEAD:6379 --tracking-uri http://HOST:5000   # see `bench server`
 
     An interrupted run (killed, crashed) resumes when the same command runs again: its finished
     (category, method, contamination) blocks are kept, the others are redone (--no-resume: new run).
@@ -299,3 +306,38 @@ def ui(out: Path, port: int) -> None:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", default_uri(out), "--host", "127.0.0.1", "--port", str(port)]
     click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {default_uri(out)})")
     raise SystemExit(subprocess.call(command, env=env))
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results folder: the default store <out>/mlflow.db and artifacts <out>/artifacts.")
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on. The server has no authentication: bind an address other machines "
+                   "reach (for workers there) only on a network you trust.")
+@click.option("--backend-store-uri", help="Where runs are stored (default: sqlite <out>/mlflow.db).")
+@click.option("--artifacts-destination", help="Where artifacts are stored (default: <out>/artifacts).")
+@click.option("--workers", default=4, show_default=True, help="Server worker processes.")
+@friendly
+def server(out: Path, port: int, host: str, backend_store_uri: str | None, artifacts_destination: str | None,
+           workers: int) -> None:
+    """Start an MLflow tracking server for runs spread over workers (Ctrl-C stops it).
+
+    \b
+    Example:
+      bench server --port 5000 &
+      bench run --executor ray --tracking-uri http://127.0.0.1:5000
+    """
+    from bench.server import serve, server_uri, start
+    from bench.tracking import default_uri, with_busy_timeout
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"--out {out}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    store = backend_store_uri or with_busy_timeout(default_uri(out))
+    process = start(store, artifacts_destination or str((out / "artifacts").resolve()), host, port, workers)
+    uri = server_uri(host, port)
+    click.echo(f"MLflow tracking server at {uri} (pid {process.pid}, store {store}); "
+               f"pass --tracking-uri {uri}. Ctrl-C stops it.")
+    raise SystemExit(serve(process))

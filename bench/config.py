@@ -6,6 +6,7 @@ seed alone.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError
+from bench.executors import EXECUTORS
 
 
 @dataclass
@@ -49,6 +51,8 @@ class RunConfig:
     tracking_uri: str | None = None  # None: sqlite store <out>/mlflow.db
     experiment: str = "bench"
     resume: bool = True  # an unfinished run with the same config in the store is resumed (bench.resume); False: always a new run
+    executor: str = "serial"  # where the tasks (category × method) run: "serial" here, or "ray" (bench.executors)
+    ray_address: str | None = None  # executor "ray": the cluster's address; None: a local cluster for this run
     figures: int = 4  # anomalous samples per category in the figure grid (0: none)
     pgt: PGTConfig = field(default_factory=PGTConfig)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -70,6 +74,11 @@ class RunConfig:
             (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
             (isinstance(self.cache, bool), "cache", self.cache, "true or false"),
             (isinstance(self.resume, bool), "resume", self.resume, "true or false"),
+            (self.executor in EXECUTORS, "executor", self.executor, " or ".join(map(repr, EXECUTORS))),
+            (self.ray_address is None or self.executor == "ray", "ray_address", self.ray_address,
+             "left out unless executor='ray'"),
+            (self.executor != "ray" or self.device in ("cpu", "cuda"), "device", self.device,
+             "'cpu' or 'cuda' with executor='ray' (Ray gives each task its own GPU)"),
             (all(isinstance(v, dict) for v in self.method_options.values()), "method_options", self.method_options,
              "a mapping {method: {option: value}}"),
             (all(isinstance(v, dict) for v in self.refiner_options.values()), "refiner_options", self.refiner_options,
@@ -79,6 +88,8 @@ class RunConfig:
         for ok, name, value, valid in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={value!r}: must be {valid}")
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise ConfigError("executor='ray' needs Ray, which is not installed: pip install 'anorefiner-bench[ray]'")
         if self.device.startswith("cuda"):
             import torch
 

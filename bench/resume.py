@@ -43,7 +43,7 @@ PID_TAG = "bench.pid"
 RESUMED_TAG = "bench.resumed"  # how many times this parent was resumed
 UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 # Parameters that say where results go or how to start, not what is computed.
-NOT_IN_HASH = ("out", "tracking_uri", "resume")
+NOT_IN_HASH = ("out", "tracking_uri", "resume", "executor", "ray_address")  # where and how, not what
 
 BlockKey = tuple[str, str, float]  # (category, method, contamination)
 

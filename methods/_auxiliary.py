@@ -1,21 +1,28 @@
-"""What the CLIP methods with learned parts share: where their parameters come from, the auxiliary
-training data (another dataset's test images and masks) and the segmentation losses.
+"""What the CLIP methods with learned parts share: where their parameters come from and how they
+are saved, the auxiliary training data (another dataset's test images and masks), the
+segmentation losses and the training loop.
 
 APRIL-GAN, AnomalyCLIP, VCP-CLIP and AdaCLIP all train a few parameters (adapters, prompts) on an
 *auxiliary* dataset, the field's convention being VisA for testing on MVTec AD and the reverse,
-with a focal + dice loss on the pixel masks. Not a registered plugin (leading underscore).
+with a focal + dice loss on the pixel masks, in one loop (``fit_on_auxiliary``) to which each
+method brings its loss, its optimiser and its official settings; and they save what they learn
+in one checkpoint format. Not a registered plugin (leading underscore).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from bench.errors import DatasetError, WeightsError
+from bench.errors import ConfigError, DatasetError, WeightsError
 from bench.interfaces import Backbone, Dataset
 from bench.records import Sample
 
@@ -23,6 +30,8 @@ UNTRAINED = "untrained"
 FOCAL_GAMMA = 2.0
 FOCAL_SMOOTH = 1e-5
 DICE_SMOOTH = 1.0
+
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- learned parameters
@@ -58,6 +67,30 @@ def load_checkpoint(path: Path, method: str, option: str) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle / zip / torch errors of many types
         raise WeightsError(f"{method} {option} {path}: cannot be read by torch.load ({exc})") from None
+
+
+def is_bench_checkpoint(obj: object, fmt: str, version: int, layers: Sequence[str] | None = None) -> bool:
+    """Whether a loaded checkpoint is in bench's format ``fmt``. ValueError when it is, but of another
+    ``version`` or (given ``layers``) trained on other layers."""
+    if not (isinstance(obj, dict) and obj.get("format") == fmt):
+        return False
+    if int(obj.get("version", 0)) != version:
+        raise ValueError(f"format version {obj.get('version')} (this bench reads {version})")
+    saved = tuple(obj.get("layers", ()))
+    if layers is not None and set(saved) != set(layers):
+        raise ValueError(f"trained on layers {', '.join(saved)}, the backbone taps {', '.join(layers)}")
+    return True
+
+
+def save_learned(path: str | Path, fmt: str, version: int, state: Mapping[str, torch.Tensor],
+                 meta: Mapping[str, object], **fields: object) -> Path:
+    """Write learned parameters in bench's format (``torch.save`` of ``{"format", "version", **fields,
+    "state_dict" (CPU copies), "meta"}``); returns the path."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state_dict = {k: v.detach().cpu().clone() for k, v in state.items()}
+    torch.save({"format": fmt, "version": version, **fields, "state_dict": state_dict, "meta": dict(meta)}, path)
+    return path
 
 
 # --------------------------------------------------------------------------- losses
@@ -114,26 +147,29 @@ def _resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.BICUBIC))
 
 
-def mosaic(pool: dict[str, list[Sample]], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """2×2 mosaic of random test images of one category: a random defect type, then a random image."""
+def mosaic(pool: dict[str, list[Sample]], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """2×2 mosaic of random test images of one category (a random defect type, then a random
+    image): image, mask and label, anomalous (1) if any of its tiles is."""
     defects = sorted(pool)
-    tiles = []
+    picked = []
     for _ in range(4):
         samples = pool[defects[int(rng.integers(len(defects)))]]
-        tiles.append(read_pair(samples[int(rng.integers(len(samples)))]))
+        picked.append(samples[int(rng.integers(len(samples)))])
+    tiles = [read_pair(s) for s in picked]
     shape = tiles[0][0].shape[:2]
     images = [_resize_image(img, shape) for img, _ in tiles]
     masks = [m if m.shape == shape else np.asarray(Image.fromarray(m).resize((shape[1], shape[0]), Image.NEAREST))
              for _, m in tiles]
     image = np.concatenate([np.concatenate(images[:2], axis=1), np.concatenate(images[2:], axis=1)], axis=0)
     mask = np.concatenate([np.concatenate(masks[:2], axis=1), np.concatenate(masks[2:], axis=1)], axis=0)
-    return image, mask
+    return image, mask, max(int(s.label) for s in picked)
 
 
 @dataclass
 class AuxiliaryBatch:
     images: list[np.ndarray]  # H×W×3 uint8, as read (the backbone preprocesses them)
     masks: torch.Tensor  # (B, size, size) float {0, 1}
+    labels: torch.Tensor  # (B,) long: Sample.label; a mosaic is anomalous if any of its tiles is
     categories: list[str]
 
 
@@ -175,19 +211,104 @@ class AuxiliaryData:
         """One epoch in a random order; each sample is replaced by a mosaic with ``mosaic_rate``."""
         order = rng.permutation(len(self.samples))
         for start in range(0, len(self.samples), int(batch_size)):
-            images, masks, categories = [], [], []
+            images, masks, labels, categories = [], [], [], []
             for i in order[start : start + int(batch_size)]:
                 s = self.samples[i]
                 if mosaic_rate > 0 and rng.random() < mosaic_rate:
-                    image, mask = mosaic(self.pools[s.category], rng)
+                    image, mask, label = mosaic(self.pools[s.category], rng)
                 else:
-                    image, mask = read_pair(s)
+                    (image, mask), label = read_pair(s), int(s.label)
                 images.append(image)
                 masks.append(resize_mask(mask, size))
+                labels.append(label)
                 categories.append(s.category)
-            yield AuxiliaryBatch(images, torch.stack(masks), categories)
+            yield AuxiliaryBatch(images, torch.stack(masks), torch.tensor(labels, dtype=torch.long), categories)
 
     def meta(self) -> dict[str, object]:
         """Provenance recorded with trained parameters."""
         return {"dataset": self.name, "dataset_root": str(getattr(self.dataset, "root", "")),
                 "categories": self.categories, "n_images": len(self.samples)}
+
+
+# --------------------------------------------------------------------------- the training loop
+
+
+def official_setting(value: T | None, official: Mapping[str, T], data: AuxiliaryData, trainer: str, option: str,
+                     otherwise: T | None = None) -> T:
+    """``value``, or when None the official one for the auxiliary dataset (``official``: dataset name →
+    value), else ``otherwise``; a ConfigError asking for ``option`` when there is none."""
+    if value is not None:
+        return value
+    if data.name in official:
+        return official[data.name]
+    if otherwise is not None:
+        return otherwise
+    raise ConfigError(f"{trainer}: no official {option} for dataset {data.name or '?'!r} (official: {dict(official)}); "
+                      f"pass {option}=")
+
+
+def check_training(trainer: str, epochs: int, batch_size: int, lr: float, mosaic_rate: float = 0.0,
+                   max_steps: int | None = None) -> None:
+    """A ConfigError naming the first training argument out of range."""
+    checks = (
+        ("epochs", epochs, ">= 1", int(epochs) >= 1),
+        ("batch_size", batch_size, ">= 1", int(batch_size) >= 1),
+        ("lr", lr, "> 0", float(lr) > 0),
+        ("mosaic_rate", mosaic_rate, "in [0, 1]", 0.0 <= float(mosaic_rate) <= 1.0),
+        ("max_steps", max_steps, ">= 1 or None", max_steps is None or int(max_steps) >= 1),
+    )
+    for name, value, rule, ok in checks:
+        if not ok:
+            raise ConfigError(f"{trainer} {name} must be {rule}, got {value}")
+
+
+def fit_on_auxiliary(
+    modules: Sequence[nn.Module],
+    optimizer: torch.optim.Optimizer,
+    data: AuxiliaryData,
+    step_loss: Callable[[AuxiliaryBatch], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    size: int,
+    mosaic_rate: float,
+    rng: np.random.Generator,
+    max_steps: int | None = None,
+    progress: bool = False,
+    desc: str = "training",
+) -> list[float]:
+    """Train ``modules`` on ``data``: an ``optimizer`` step on ``step_loss(batch)`` per batch, for
+    ``epochs`` epochs or ``max_steps`` steps, whichever ends first. Returns the loss of every step.
+
+    Batches of ``batch_size`` with masks at ``size``², in an order (and mosaics, at ``mosaic_rate``)
+    drawn from ``rng``. The modules train with gradients inside the loop and are frozen (eval, no
+    gradients) after it, also when it fails.
+    """
+    steps = int(epochs) * math.ceil(len(data.samples) / int(batch_size))
+    total = steps if max_steps is None else min(int(max_steps), steps)
+    batches = (batch for _ in range(int(epochs)) for batch in data.batches(int(batch_size), size, mosaic_rate, rng))
+    losses: list[float] = []
+    from tqdm.auto import tqdm
+
+    for module in modules:
+        module.train().requires_grad_(True)
+    try:
+        with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+            for batch in itertools.islice(batches, total):
+                loss = step_loss(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    finally:
+        for module in modules:
+            module.eval().requires_grad_(False)
+    return losses
+
+
+def training_meta(data: AuxiliaryData, losses: Sequence[float], **settings: object) -> dict[str, object]:
+    """Provenance of trained parameters: the auxiliary data, the training ``settings``, the steps
+    taken and the final loss."""
+    return {**data.meta(), **settings, "steps": len(losses), "final_loss": losses[-1] if losses else None}

@@ -59,7 +59,6 @@ see its docstring.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,7 +74,11 @@ from bench.backbones.clip_extras.adaclip_prompts import (
 from bench.cache import file_digest
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone, Dataset, Method, MethodInfo
-from bench.methods._auxiliary import UNTRAINED, AuxiliaryData, dice_loss, focal_loss, learned_source
+from bench.methods._auxiliary import (
+    UNTRAINED, AuxiliaryBatch, AuxiliaryData, check_training, dice_loss, fit_on_auxiliary, focal_loss, learned_source,
+    official_setting, save_learned, training_meta,
+)
+from bench.methods._prompts import ObjectPrompts, class_embedding, ensemble_sentences
 from bench.methods.aprilgan import ABNORMAL_STATES, NORMAL_STATES, depth_order
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
@@ -132,8 +135,8 @@ DEVIATIONS = (
     "ViT-B/L). Training (train_prompts): one auxiliary dataset per call (official: two mixed, MVTec AD + "
     "ColonDB or VisA + ClinicDB; bench has no ColonDB/ClinicDB loader); a fixed number of epochs, the last "
     "parameters kept (official: evaluates on the target test set each epoch and keeps the best pixel F1, "
-    "i.e. selects on the test data); the image label of the classification loss is whether the resized "
-    "mask has an anomalous pixel (official: the sample's label, also for mosaics); mosaics pick a defect "
+    "i.e. selects on the test data); the image label of a mosaic in the classification loss is 1 if any of "
+    "its tiles is anomalous (official: the label of the sample it replaces); mosaics pick a defect "
     "type then an image (official: 4 random images of the category); numpy's generator for the order."
 )
 
@@ -149,9 +152,7 @@ def official_layers(depth: int) -> tuple[str, ...]:
 def prompt_sentences(name: str) -> tuple[list[str], list[str]]:
     """The (normal, abnormal) sentences of object ``name``: states × templates, state-major."""
     name = name.replace("-", " ")
-    normal = [t.format(s.format(name)) for s in NORMAL_STATES for t in TEMPLATES]
-    abnormal = [t.format(s.format(name)) for s in ABNORMAL_STATES for t in TEMPLATES]
-    return normal, abnormal
+    return ensemble_sentences(name, NORMAL_STATES, TEMPLATES), ensemble_sentences(name, ABNORMAL_STATES, TEMPLATES)
 
 
 def encode_prompted_text(
@@ -232,18 +233,18 @@ def image_logits(image: torch.Tensor, text: torch.Tensor, fused: torch.Tensor | 
 
 
 def training_loss(
-    logits: Sequence[torch.Tensor], image: torch.Tensor, masks: torch.Tensor, side: tuple[int, int]
+    logits: Sequence[torch.Tensor], image: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+    side: tuple[int, int],
 ) -> torch.Tensor:
-    """Official ``train_one_batch``: focal on the image probabilities (label: the mask has an anomaly)
-    plus, per layer, focal + dice(abnormal, mask) + dice(normal, 1 - mask) on the probabilities of
-    the logits upsampled to the mask size (bilinear, ``align_corners=True``).
+    """Official ``train_one_batch``: focal on the image probabilities against the image ``labels`` ``(B,)``,
+    plus, per layer, focal + dice(abnormal, mask) + dice(normal, 1 - mask) on the probabilities of the
+    logits upsampled to the mask size (bilinear, ``align_corners=True``).
 
     The dice terms are taken per mask **row**, averaged over rows: at the official batch size 1,
     ``items['img_mask'].squeeze()`` leaves an ``(H, W)`` mask, which ``BinaryDiceLoss`` reads as H
     samples of W pixels.
     """
-    label = masks.flatten(1).amax(dim=1)
-    loss = focal_loss(image.softmax(dim=-1)[:, :, None, None], label[:, None, None])
+    loss = focal_loss(image.softmax(dim=-1)[:, :, None, None], labels.float()[:, None, None])
     rows = masks.flatten(0, 1)  # (B·H, W)
     for layer in logits:
         probs = F.interpolate(_grid(layer, side), size=masks.shape[-2:], mode="bilinear", align_corners=True)
@@ -292,11 +293,9 @@ class AdaCLIP(Method):
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         if resolution not in RESOLUTIONS:
             raise ConfigError(f"adaclip resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
-        if object_name is not None and not str(object_name).strip():
-            raise ConfigError("adaclip object_name must be a non-empty string or None (the category name)")
         if int(k_clusters) < 1 or int(length) < 1 or int(depth) < 1:
             raise ConfigError(f"adaclip k_clusters, length and depth must be >= 1, got {k_clusters}, {length}, {depth}")
-        self.object_name = None if object_name is None else str(object_name)
+        self.prompts: ObjectPrompts[torch.Tensor] = ObjectPrompts("adaclip", object_name)  # token ids
         self.resolution = resolution
         self.use_hsf = bool(use_hsf)
         self.k_clusters = int(k_clusters)
@@ -310,7 +309,6 @@ class AdaCLIP(Method):
         self.provenance: dict[str, object] = {}
         self._backbone: Backbone | None = None
         self._device = torch.device("cpu")
-        self._ids: dict[str, torch.Tensor] = {}
         self.info = MethodInfo(
             name="adaclip",
             paper=PAPER,
@@ -322,7 +320,7 @@ class AdaCLIP(Method):
                 "prompts": f"hybrid (static + dynamic), length {self.length}, depth {self.depth}, visual and text",
                 "sentences": f"{len(NORMAL_STATES)} normal + {len(ABNORMAL_STATES)} abnormal states x "
                              f"{len(TEMPLATES)} templates; per class mean of normalised embeddings, normalised",
-                "object_name": self.object_name or "category name",
+                "object_name": self.prompts.object_name or "category name",
                 "layers": "blocks depth/4 x (1, 2, 3, 4) (6/12/18/24 on ViT-L-14-336 at 518 px)",
                 "logit_scale": LOGIT_SCALE,
                 "map": "softmax(mean over layers of 100 cos(P_l t_l, T))[abnormal]",
@@ -395,7 +393,7 @@ class AdaCLIP(Method):
         self.head = head.to(self._device).eval().requires_grad_(False)
         self.extra = extra
         self._backbone = backbone
-        self._ids.clear()
+        self.prompts.cache.clear()
         self.provenance = {"source": source["kind"], "backbone": backbone.name, "weights": str(backbone.weights),
                            "input_size": int(backbone.input_size), "layers": list(self.layers)}
         if source["kind"] == "bench":
@@ -409,30 +407,20 @@ class AdaCLIP(Method):
         return self.head, self.extra
 
     # -- text
-    def object_for(self, category: str | None) -> str:
-        """The object name in the prompts for images of ``category`` (see ``object_name``)."""
-        if self.object_name is not None:
-            return self.object_name
-        if category is not None:
-            return category
-        raise ConfigError(
-            "adaclip puts the object name in its prompts, but these features carry no category: "
-            "set FeatureSet.category or the object_name option"
-        )
+    def _token_ids(self, name: str) -> torch.Tensor:
+        """``(N, context)`` token ids of the normal then the abnormal sentences of object ``name``."""
+        sentences = [s for part in prompt_sentences(name) for s in part]
+        return self._backbone.tokenizer(sentences).to(self._device)
 
     def text(self, clip_image: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
         """``(B, D, 2)`` normal/abnormal text features of each image (its own dynamic text prompts)."""
         head, _ = self._require_bound()
-        for name in set(names) - set(self._ids):
-            sentences = [s for part in prompt_sentences(name) for s in part]
-            self._ids[name] = self._backbone.tokenizer(sentences).to(self._device)
-        ids = torch.stack([self._ids[name] for name in names])  # (B, N, context)
+        ids = torch.stack([self.prompts.get(name, self._token_ids) for name in names])  # (B, N, context)
         b, n = ids.shape[:2]
         dynamic = head.text.dynamic(clip_image).repeat_interleave(n, dim=0)
-        z = F.normalize(encode_prompted_text(self._backbone.model, ids.flatten(0, 1), head.text, dynamic), dim=-1)
-        z = z.view(b, n, -1)
+        z = encode_prompted_text(self._backbone.model, ids.flatten(0, 1), head.text, dynamic).view(b, n, -1)
         normal = len(NORMAL_STATES) * len(TEMPLATES)
-        classes = [F.normalize(part.mean(dim=1), dim=-1) for part in (z[:, :normal], z[:, normal:])]
+        classes = [class_embedding(part) for part in (z[:, :normal], z[:, normal:])]
         return torch.stack(classes, dim=2)
 
     # -- scoring
@@ -456,7 +444,7 @@ class AdaCLIP(Method):
                 f"adaclip: the features lack {', '.join(missing)} (the {EXTRA} extra's layers); create the "
                 f"backbone with method.backbone_options(name)"
             )
-        names = [self.object_for(features.category)] * len(features)
+        names = [self.prompts.object_for(features.category)] * len(features)
         side = tuple(features.layers[f"adaclip_{self.layers[0]}"].shape[-2:])
         size = int(self._backbone.input_size) if self.resolution == "input" else None
         maps, scores = [], []
@@ -507,19 +495,10 @@ def create(
 def save_prompts(method: AdaCLIP, path: str | Path, meta: dict[str, object] | None = None) -> Path:
     """Save a bound method's learned parameters (visual prompts included) in bench's format; returns the path."""
     head, extra = method._require_bound()
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"visual.{k}": v for k, v in extra.prompts.state_dict().items()} | head.state_dict()
-    torch.save({
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "layers": list(method.layers),
-        "length": method.length,
-        "depth": method.depth,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
-        "meta": {**{k: v for k, v in method.provenance.items() if k != "source"}, **(meta or {})},
-    }, path)
-    return path
+    saved = {**{k: v for k, v in method.provenance.items() if k != "source"}, **(meta or {})}
+    return save_learned(path, FORMAT, FORMAT_VERSION, state, saved, layers=list(method.layers), length=method.length,
+                        depth=method.depth)
 
 
 def train_prompts(
@@ -550,54 +529,27 @@ def train_prompts(
     """
     if not isinstance(method, AdaCLIP):
         raise ConfigError(f"train_prompts trains an AdaCLIP method, got {type(method).__name__}")
-    if int(epochs) < 1 or int(batch_size) < 1 or not float(lr) > 0 or (max_steps is not None and int(max_steps) < 1):
-        raise ConfigError(f"train_prompts needs epochs, batch_size, max_steps >= 1 and lr > 0, got {epochs}, "
-                          f"{batch_size}, {max_steps}, {lr}")
     data = AuxiliaryData.open(dataset, categories)
-    rate = OFFICIAL_MOSAIC_RATE.get(data.name, 0.0) if mosaic_rate is None else float(mosaic_rate)
-    if not 0.0 <= rate <= 1.0:
-        raise ConfigError(f"train_prompts mosaic_rate must be in [0, 1], got {mosaic_rate}")
+    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "train_prompts", "mosaic_rate", 0.0))
+    check_training("train_prompts", epochs, batch_size, lr, rate, max_steps)
     if method._backbone is not backbone:
         method.bind(backbone)
     head, extra = method._require_bound()
-    modules = (extra.prompts, head)
-    parameters = [p for module in modules for p in module.parameters()]
-    size = int(backbone.input_size)
     side = (backbone.grid, backbone.grid)
-    rng = np.random.default_rng(int(seed))
-    total = int(epochs) * math.ceil(len(data.samples) / int(batch_size))
-    total = total if max_steps is None else min(int(max_steps), total)
-    losses: list[float] = []
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="adaclip prompts", disable=not progress, leave=False)
-    try:
-        for module in modules:
-            module.train().requires_grad_(True)
-        optimizer = torch.optim.AdamW(parameters, lr=float(lr), betas=TRAIN_BETAS)
-        for _ in range(int(epochs)):
-            for batch in data.batches(int(batch_size), size, rate, rng):
-                if len(losses) >= total:
-                    break
-                x = backbone.preprocess(batch.images).to(method._device)
-                logits, image = method.logits(extra.forward(x), [method.object_for(c) for c in batch.categories])
-                loss = training_loss(logits, image, batch.masks.to(method._device), side)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if len(losses) >= total:
-                break
-    finally:
-        bar.close()
-        for module in modules:
-            module.eval().requires_grad_(False)
+    def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
+        x = backbone.preprocess(batch.images).to(method._device)
+        logits, image = method.logits(extra.forward(x), [method.prompts.object_for(c) for c in batch.categories])
+        return training_loss(logits, image, batch.masks.to(method._device), batch.labels.to(method._device), side)
 
+    modules = (extra.prompts, head)
+    optimizer = torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=float(lr), betas=TRAIN_BETAS)
+    losses = fit_on_auxiliary(modules, optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
+                              size=int(backbone.input_size), mosaic_rate=rate, rng=np.random.default_rng(int(seed)),
+                              max_steps=max_steps, progress=progress, desc="adaclip prompts")
     extra.source = {"trained_sha256": parameters_digest(extra.prompts)}  # a new feature-cache identity
-    meta = {**data.meta(), "epochs": int(epochs), "steps": len(losses), "lr": float(lr), "batch_size": int(batch_size),
-            "mosaic_rate": rate, "seed": int(seed), "final_loss": losses[-1] if losses else None}
+    meta = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
+                         mosaic_rate=rate, seed=int(seed))
     method.provenance = {**method.provenance, "source": "bench", "trained": meta}
     method.info.settings.update(checkpoint_source="trained in this process", trained=meta)
     if save is not None:

@@ -52,9 +52,9 @@ backbone has random weights, i.e. a smoke run with ``--weights random``, where t
 
 Training (``train_prompts``, following ``train.py``): frozen CLIP, only the prompts learn, on the
 auxiliary dataset's test images and masks (all categories shuffled together). Per batch: image
-loss = cross-entropy of cos(e, T) / 0.07 against the image label; per layer, p upsampled
-bilinearly to the input size, focal(p, mask) + dice(p1, mask) + dice(p0, 1 - mask) [``loss.py``];
-loss = 4 · Σ_layers + image loss. Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111.
+loss = cross-entropy of cos(e, T) / 0.07 against the image's label (the dataset's); per layer, p
+upsampled bilinearly to the input size, focal(p, mask) + dice(p1, mask) + dice(p0, 1 - mask)
+[``loss.py``]; loss = 4 · Σ_layers + image loss. Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111.
 
     from bench.methods.anomalyclip import train_prompts
     from bench.registry import BACKBONES, METHODS
@@ -79,7 +79,11 @@ from bench.backbones.clip_extras.dpam import EMBEDDING, PREFIX
 from bench.backbones.openclip import ARCHS
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone, Dataset, Method, MethodInfo
-from bench.methods._auxiliary import UNTRAINED, AuxiliaryData, dice_loss, focal_loss, learned_source, load_checkpoint
+from bench.methods._auxiliary import (
+    UNTRAINED, AuxiliaryBatch, AuxiliaryData, check_training, dice_loss, fit_on_auxiliary, focal_loss,
+    is_bench_checkpoint, learned_source, load_checkpoint, save_learned, training_meta,
+)
+from bench.methods._prompts import require_clip
 from bench.records import FeatureSet, ScoreOutput
 from bench.refiners.gaussian import gaussian_smooth
 from bench.refiners.none import upsample
@@ -137,8 +141,7 @@ DEVIATIONS = (
     "Other backbones: the V-V path starts at the shallowest tapped block (the official code defines "
     "only ViT-L-14-336: block 6). Layers: test.py/train.py/train.sh use blocks 6/12/18/24 (one revision "
     "of test.sh taps block 24 alone); we follow the former. "
-    "Training (train_prompts) follows train.py but takes the image label from the mask (anomalous = "
-    "non-empty mask at the input size; official: the dataset's label), shuffles with numpy's "
+    "Training (train_prompts) follows train.py but shuffles with numpy's "
     "generator instead of torch's DataLoader and initialises the prompts from init_seed (official: "
     "the global torch seed 111); images are resized as the backbone preprocesses them (bicubic, "
     "aspect not kept, as official) and masks bilinearly then > 0.5 (as official)."
@@ -222,9 +225,7 @@ def load_prompts(path: Path, prompts: ObjectAgnosticPrompts) -> dict[str, object
     """Load a checkpoint (official or ours) into ``prompts``; any misfit is a ``WeightsError`` naming the file."""
     obj = load_checkpoint(path, "AnomalyCLIP", "prompts")
     try:
-        if isinstance(obj, dict) and obj.get("format") == FORMAT:
-            if int(obj.get("version", 0)) != FORMAT_VERSION:
-                raise ValueError(f"format version {obj.get('version')} (this bench reads {FORMAT_VERSION})")
+        if is_bench_checkpoint(obj, FORMAT, FORMAT_VERSION):
             state = dict(obj["state_dict"])
             source = {"kind": "bench", "meta": dict(obj.get("meta", {}))}
         elif isinstance(obj, dict) and (OFFICIAL_KEY in obj or "ctx_pos" in obj):
@@ -252,16 +253,8 @@ def load_prompts(path: Path, prompts: ObjectAgnosticPrompts) -> dict[str, object
 
 def save_prompts(method: AnomalyCLIP, path: str | Path) -> Path:
     """Save a bound method's prompts (bench format, ``torch.save``); returns the path."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in method._require_bound().state_dict().items()},
-        "meta": {k: v for k, v in method.provenance.items() if k != "source"},
-    }
-    torch.save(payload, path)
-    return path
+    meta = {k: v for k, v in method.provenance.items() if k != "source"}
+    return save_learned(path, FORMAT, FORMAT_VERSION, method._require_bound().state_dict(), meta)
 
 
 # --------------------------------------------------------------------------- the formulas
@@ -283,14 +276,16 @@ def image_logits(embedding: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return F.normalize(embedding, dim=-1) @ text / TEMPERATURE
 
 
-def training_loss(layer_probs: Sequence[torch.Tensor], logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def training_loss(
+    layer_probs: Sequence[torch.Tensor], logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """The official training objective (``train.py``) of one batch.
 
     ``layer_probs``: per layer ``(B, 2, S, S)`` probabilities at the masks' size; ``logits``: ``(B, 2)``
-    image logits; ``masks``: ``(B, S, S)`` in {0, 1}. Cross-entropy of the logits against the image
-    label (anomalous = non-empty mask) + 4 · Σ_layers (focal(p, mask) + dice(p1, mask) + dice(p0, 1 - mask)).
+    image logits; ``masks``: ``(B, S, S)`` in {0, 1}; ``labels``: ``(B,)`` image labels in {0, 1}.
+    Cross-entropy of the logits against the labels + 4 · Σ_layers (focal(p, mask) + dice(p1, mask) +
+    dice(p0, 1 - mask)).
     """
-    labels = masks.flatten(1).amax(dim=1).long()
     segmentation = sum(
         focal_loss(p, masks) + dice_loss(p[:, 1], masks) + dice_loss(p[:, 0], 1 - masks) for p in layer_probs
     )
@@ -378,13 +373,9 @@ class AnomalyCLIP(Method):
     # -- binding
     def bind(self, backbone: Backbone) -> None:
         """Check the backbone (CLIP text tower, ``dpam`` extra), build the prompts (loaded or fresh)."""
-        model = getattr(backbone, "model", None)
+        require_clip(backbone, "anomalyclip", OFFICIAL_BACKBONE, tower=True)
+        model = backbone.model
         name = getattr(backbone, "name", type(backbone).__name__)
-        if not hasattr(model, "token_embedding") or not hasattr(backbone, "tokenizer"):
-            raise ConfigError(
-                f"anomalyclip learns prompts for CLIP's text tower and needs an open_clip ViT backbone "
-                f"({OFFICIAL_BACKBONE}, ViT-B-16, ViT-B-32, ViT-L-14); backbone {name!r} has none"
-            )
         extra = dict(backbone.extra_channels)
         layers = tuple(n for n in extra if n.startswith(PREFIX) and n != EMBEDDING)  # in depth order
         if not layers or EMBEDDING not in extra:
@@ -518,51 +509,30 @@ def train_prompts(
     """
     if not isinstance(method, AnomalyCLIP):
         raise ConfigError(f"train_prompts trains an AnomalyCLIP method, got {type(method).__name__}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise ConfigError(f"train_prompts {name} must be >= 1, got {value}")
-    if not float(lr) > 0:
-        raise ConfigError(f"train_prompts lr must be > 0, got {lr}")
+    check_training("train_prompts", epochs, batch_size, lr, max_steps=max_steps)
     data = AuxiliaryData.open(dataset, categories)
     if method._backbone is not backbone:
         method.bind(backbone)
     prompts = method._require_bound()
     size = int(backbone.input_size)
-    rng = np.random.default_rng(int(seed))
+
+    def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
+        features = backbone.features(backbone.preprocess(batch.images))
+        tokens, embedding = method.projected(features)
+        text = method.encode_text()
+        probs = [
+            F.interpolate(class_probabilities(t, text), size=(size, size), mode="bilinear", align_corners=False)
+            for t in tokens
+        ]
+        return training_loss(probs, image_logits(embedding, text), batch.masks.to(method._device),
+                             batch.labels.to(method._device))
+
     optimizer = torch.optim.Adam(prompts.parameters(), lr=float(lr), betas=TRAIN_BETAS)
-    steps = int(epochs) * math.ceil(len(data.samples) / int(batch_size))
-    total = steps if max_steps is None else min(int(max_steps), steps)
-    losses: list[float] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="anomalyclip prompts", disable=not progress, leave=False)
-    prompts.train().requires_grad_(True)
-    try:
-        while len(losses) < total:
-            for batch in data.batches(int(batch_size), size, 0.0, rng):
-                if len(losses) >= total:
-                    break
-                features = backbone.features(backbone.preprocess(batch.images))
-                tokens, embedding = method.projected(features)
-                text = method.encode_text()
-                probs = [
-                    F.interpolate(class_probabilities(t, text), size=(size, size), mode="bilinear", align_corners=False)
-                    for t in tokens
-                ]
-                loss = training_loss(probs, image_logits(embedding, text), batch.masks.to(method._device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    finally:
-        bar.close()
-        prompts.eval().requires_grad_(False)
-        method._text = None
-
-    trained = {**data.meta(), "epochs": int(epochs), "steps": len(losses), "lr": float(lr),
-               "batch_size": int(batch_size), "seed": int(seed), "final_loss": losses[-1] if losses else None}
+    method._text = None  # the prompts change: text() encodes them again
+    losses = fit_on_auxiliary([prompts], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
+                              size=size, mosaic_rate=0.0, rng=np.random.default_rng(int(seed)), max_steps=max_steps,
+                              progress=progress, desc="anomalyclip prompts")
+    trained = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size), seed=int(seed))
     method.provenance.update(source="bench", trained=trained)
     method.info.settings.update(prompts_source="trained in this process", prompts_trained=trained)
     if save is not None:

@@ -74,7 +74,6 @@ probability 0.2 [``aug_rate`` / ``combine_img``] [``train.sh``].
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,8 +85,12 @@ from torch import nn
 
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone, Dataset, Method, MethodInfo
+from bench.methods._auxiliary import (
+    UNTRAINED, AuxiliaryBatch, AuxiliaryData, check_training, dice_loss, fit_on_auxiliary, focal_loss,
+    is_bench_checkpoint, learned_source, load_checkpoint, official_setting, save_learned, training_meta,
+)
+from bench.methods._prompts import ObjectPrompts, ensemble_embeddings, ensemble_sentences, require_clip
 from bench.records import FeatureSet, ScoreOutput
-from bench.methods._auxiliary import UNTRAINED, AuxiliaryData, dice_loss, focal_loss, learned_source, load_checkpoint
 from bench.registry import METHODS
 
 PAPER = (
@@ -178,18 +181,12 @@ ADAPTERS_HELP = (
 
 def prompt_sentences(name: str) -> tuple[list[str], list[str]]:
     """The (normal, abnormal) sentences of object ``name``: states × templates, state-major."""
-    normal = [t.format(s.format(name)) for s in NORMAL_STATES for t in TEMPLATES]
-    abnormal = [t.format(s.format(name)) for s in ABNORMAL_STATES for t in TEMPLATES]
-    return normal, abnormal
+    return ensemble_sentences(name, NORMAL_STATES, TEMPLATES), ensemble_sentences(name, ABNORMAL_STATES, TEMPLATES)
 
 
 def class_text_embeddings(encode: Callable[[list[str]], torch.Tensor], name: str) -> torch.Tensor:
     """``(D, 2)``: per class, the L2-normalised mean of the L2-normalised sentence embeddings."""
-    columns = []
-    for sentences in prompt_sentences(name):
-        z = F.normalize(encode(sentences).float(), dim=-1)
-        columns.append(F.normalize(z.mean(dim=0), dim=0))
-    return torch.stack(columns, dim=1)
+    return ensemble_embeddings(encode, prompt_sentences(name))
 
 
 # --------------------------------------------------------------------------- adapters
@@ -269,14 +266,7 @@ def load_adapters(path: str | Path, adapters: Adapters) -> dict[str, object]:
         raise WeightsError(f"APRIL-GAN adapters {path}: file not found")
     obj = load_checkpoint(path, "APRIL-GAN", "adapters")
     try:
-        if isinstance(obj, dict) and obj.get("format") == FORMAT:
-            if int(obj.get("version", 0)) != FORMAT_VERSION:
-                raise ValueError(f"format version {obj.get('version')} (this bench reads {FORMAT_VERSION})")
-            saved = tuple(obj.get("layers", ()))
-            if set(saved) != set(adapters.layers):
-                raise ValueError(
-                    f"trained on layers {', '.join(saved)}, the backbone taps {', '.join(adapters.layers)}"
-                )
+        if is_bench_checkpoint(obj, FORMAT, FORMAT_VERSION, adapters.layers):
             state = dict(obj["state_dict"])
             source = {"kind": "bench", "meta": dict(obj.get("meta", {}))}
         elif isinstance(obj, dict) and (OFFICIAL_KEY in obj or (obj and all(str(k).startswith("fc.") for k in obj))):
@@ -301,19 +291,9 @@ def load_adapters(path: str | Path, adapters: Adapters) -> dict[str, object]:
 def save_adapters(method: APRILGAN, path: str | Path, meta: dict[str, object] | None = None) -> Path:
     """Save a bound method's adapters (bench format, ``torch.save``); returns the path."""
     adapters = method.adapters
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "layers": list(adapters.layers),
-        "dim_in": dict(adapters.dim_in),
-        "dim_out": adapters.dim_out,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in adapters.state_dict().items()},
-        "meta": {**{k: v for k, v in method.provenance.items() if k != "source"}, **(meta or {})},
-    }
-    torch.save(payload, path)
-    return path
+    saved = {**{k: v for k, v in method.provenance.items() if k != "source"}, **(meta or {})}
+    return save_learned(path, FORMAT, FORMAT_VERSION, adapters.state_dict(), saved, layers=list(adapters.layers),
+                        dim_in=dict(adapters.dim_in), dim_out=adapters.dim_out)
 
 
 # --------------------------------------------------------------------------- the formulas
@@ -385,16 +365,13 @@ class APRILGAN(Method):
         if resolution not in RESOLUTIONS:
             raise ConfigError(f"aprilgan resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
         self.resolution = resolution
-        if object_name is not None and not str(object_name).strip():
-            raise ConfigError("aprilgan object_name must be a non-empty string or None (the category name)")
-        self.object_name = None if object_name is None else str(object_name)
+        self.prompts: ObjectPrompts[torch.Tensor] = ObjectPrompts("aprilgan", object_name)  # text embeddings
         self.init_seed = int(init_seed)
 
         self.adapters: Adapters | None = None
         self.provenance: dict[str, object] = {}
         self._backbone: Backbone | None = None
         self._device = torch.device("cpu")
-        self._texts: dict[str, torch.Tensor] = {}
         self.info = MethodInfo(
             name="aprilgan",
             paper=PAPER,
@@ -407,7 +384,7 @@ class APRILGAN(Method):
                 "adapters": self.adapters_spec or "required (untrained with --weights random)",
                 "prompts": f"{len(NORMAL_STATES)} normal + {len(ABNORMAL_STATES)} abnormal states x "
                            f"{len(TEMPLATES)} templates; per class mean of normalised embeddings, normalised",
-                "object_name": self.object_name or "category name",
+                "object_name": self.prompts.object_name or "category name",
                 "logit_scale": LOGIT_SCALE,
                 "layers": "ViT-L-14-336: blocks 6/12/18/24 at 518 px (others: the backbone's default)",
                 "adapter": "nn.Linear(width, embed_dim) per layer, tokens before ln_post, class token dropped",
@@ -426,12 +403,7 @@ class APRILGAN(Method):
     # -- binding
     def bind(self, backbone: Backbone) -> None:
         """Check the backbone is CLIP, build the adapters (loaded or fresh), reset the text cache."""
-        if not callable(getattr(backbone, "encode_text", None)):
-            raise ConfigError(
-                f"aprilgan compares image patches with CLIP text prompts and needs a CLIP backbone with a "
-                f"text tower (an open_clip ViT such as {OFFICIAL_BACKBONE}, ViT-B-16, ViT-B-32, ViT-L-14); "
-                f"backbone {getattr(backbone, 'name', type(backbone).__name__)!r} has no encode_text"
-            )
+        require_clip(backbone, "aprilgan", OFFICIAL_BACKBONE)
         channels = dict(backbone.channels)
         if not channels:
             raise ConfigError(f"aprilgan: backbone {backbone.name!r} declares no layers")
@@ -458,7 +430,7 @@ class APRILGAN(Method):
             self.provenance["trained"] = dict(saved.get("trained", {}))
             self.provenance["saved_with"] = {k: saved.get(k) for k in ("backbone", "weights", "input_size", "layers")}
         self._backbone = backbone
-        self._texts.clear()
+        self.prompts.cache.clear()
         self.info.settings.update(
             adapters_source=source["kind"],
             adapter_layers=list(layers),
@@ -476,25 +448,10 @@ class APRILGAN(Method):
         return self.adapters
 
     # -- text
-    def object_for(self, category: str | None) -> str:
-        """The object name in the prompts for images of ``category`` (see ``object_name``)."""
-        if self.object_name is not None:
-            return self.object_name
-        if category is not None:
-            return category
-        raise ConfigError(
-            "aprilgan puts the object name in its prompts, but these features carry no category: "
-            "set FeatureSet.category or the object_name option"
-        )
-
     def text(self, name: str) -> torch.Tensor:
         """``(D, 2)`` normal/abnormal text embeddings of object ``name`` (computed once, cached)."""
-        if name not in self._texts:
-            backbone = self._backbone
-            if backbone is None:
-                raise ConfigError("aprilgan: call bind(backbone) before scoring (the Runner does it)")
-            self._texts[name] = class_text_embeddings(backbone.encode_text, name).to(self._device)
-        return self._texts[name]
+        self._require_bound()
+        return self.prompts.get(name, lambda n: class_text_embeddings(self._backbone.encode_text, n).to(self._device))
 
     # -- scoring
     def score(self, features: FeatureSet, reference: FeatureSet | None = None) -> ScoreOutput:
@@ -506,7 +463,7 @@ class APRILGAN(Method):
                 f"aprilgan: the features lack layer(s) {', '.join(missing)} its adapters were built for "
                 f"(features have {', '.join(features.layers) or 'none'})"
             )
-        text = self.text(self.object_for(features.category))
+        text = self.text(self.prompts.object_for(features.category))
         size = int(self._backbone.input_size) if self.resolution == "input" else None
         n = len(features)
         maps, scores = [], []
@@ -581,66 +538,31 @@ def train_adapters(
     if not isinstance(method, APRILGAN):
         raise ConfigError(f"train_adapters trains an APRIL-GAN method, got {type(method).__name__}")
     data = AuxiliaryData.open(dataset, categories)
-    name = data.name
-    if epochs is None:
-        if name not in OFFICIAL_EPOCHS:
-            raise ConfigError(
-                f"train_adapters: no official epoch count for dataset {name or '?'!r} "
-                f"(official: {OFFICIAL_EPOCHS}); pass epochs="
-            )
-        epochs = OFFICIAL_EPOCHS[name]
-    if int(epochs) < 1:
-        raise ConfigError(f"train_adapters epochs must be >= 1, got {epochs}")
-    if int(batch_size) < 1:
-        raise ConfigError(f"train_adapters batch_size must be >= 1, got {batch_size}")
-    if not float(lr) > 0:
-        raise ConfigError(f"train_adapters lr must be > 0, got {lr}")
-    rate = OFFICIAL_MOSAIC_RATE.get(name, 0.0) if mosaic_rate is None else float(mosaic_rate)
-    if not 0.0 <= rate <= 1.0:
-        raise ConfigError(f"train_adapters mosaic_rate must be in [0, 1], got {mosaic_rate}")
+    epochs = official_setting(epochs, OFFICIAL_EPOCHS, data, "train_adapters", "epochs")
+    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "train_adapters", "mosaic_rate", 0.0))
+    check_training("train_adapters", epochs, batch_size, lr, rate, max_steps)
     if method._backbone is not backbone:
         method.bind(backbone)
     adapters = method._require_bound()
     size = int(backbone.input_size)
-    rng = np.random.default_rng(int(seed))
-    adapters.train().requires_grad_(True)
+
+    def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
+        gt = batch.masks.to(method._device)
+        feats = backbone.features(backbone.preprocess(batch.images))
+        text = torch.stack([method.text(method.prompts.object_for(c)) for c in batch.categories])  # (B, D, 2)
+        loss = torch.zeros((), device=method._device)
+        for layer in adapters.layers:
+            logits = layer_logits(adapters, layer, feats.layers[layer].to(method._device, torch.float32), text)
+            probs = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True).softmax(dim=1)
+            loss = loss + focal_loss(probs, gt) + dice_loss(probs[:, 1], gt)
+        return loss
+
     optimizer = torch.optim.Adam(adapters.parameters(), lr=float(lr), betas=TRAIN_BETAS)
-    steps_per_epoch = math.ceil(len(data.samples) / int(batch_size))
-    total = int(epochs) * steps_per_epoch if max_steps is None else min(int(max_steps), int(epochs) * steps_per_epoch)
-    losses: list[float] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="aprilgan adapters", disable=not progress, leave=False)
-    try:
-        for _ in range(int(epochs)):
-            for batch in data.batches(int(batch_size), size, rate, rng):
-                if len(losses) >= total:
-                    break
-                gt = batch.masks.to(method._device)
-                feats = backbone.features(backbone.preprocess(batch.images))
-                text = torch.stack([method.text(method.object_for(c)) for c in batch.categories])  # (B, D, 2)
-                loss = torch.zeros((), device=method._device)
-                for layer in adapters.layers:
-                    logits = layer_logits(adapters, layer, feats.layers[layer].to(method._device, torch.float32), text)
-                    probs = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True).softmax(dim=1)
-                    loss = loss + focal_loss(probs, gt) + dice_loss(probs[:, 1], gt)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if len(losses) >= total:
-                break
-    finally:
-        bar.close()
-        adapters.eval().requires_grad_(False)
-
-    meta = {
-        **data.meta(), "epochs": int(epochs), "steps": len(losses), "lr": float(lr),
-        "batch_size": int(batch_size), "mosaic_rate": rate, "seed": int(seed),
-        "final_loss": losses[-1] if losses else None,
-    }
+    losses = fit_on_auxiliary([adapters], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
+                              size=size, mosaic_rate=rate, rng=np.random.default_rng(int(seed)), max_steps=max_steps,
+                              progress=progress, desc="aprilgan adapters")
+    meta = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
+                         mosaic_rate=rate, seed=int(seed))
     method.provenance = {**method.provenance, "source": "bench", "trained": meta}
     method.info.settings.update(adapters_source="trained in this process", adapters_trained=meta)
     if save is not None:

@@ -118,7 +118,11 @@ from bench.backbones.clip_extras.vcp_embedding import LAYER as EMBEDDING_LAYER
 from bench.backbones.openclip import ARCHS
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone, Dataset, Method, MethodInfo
-from bench.methods._auxiliary import UNTRAINED, AuxiliaryData, dice_loss, focal_loss, learned_source, load_checkpoint
+from bench.methods._auxiliary import (
+    UNTRAINED, AuxiliaryBatch, AuxiliaryData, check_training, dice_loss, fit_on_auxiliary, focal_loss,
+    is_bench_checkpoint, learned_source, load_checkpoint, official_setting, save_learned, training_meta,
+)
+from bench.methods._prompts import require_clip
 from bench.methods.aprilgan import Adapters, depth_order
 from bench.methods.aprilgan import official_to_bench as linear_layers_to_bench
 from bench.records import FeatureSet, ScoreOutput
@@ -397,12 +401,7 @@ def load_vcp(path: str | Path, params: VCPParameters) -> str:
     path = Path(path).expanduser()
     obj = load_checkpoint(path, "VCP-CLIP", "checkpoint")
     try:
-        if isinstance(obj, dict) and obj.get("format") == FORMAT:
-            if int(obj.get("version", 0)) != FORMAT_VERSION:
-                raise ValueError(f"format version {obj.get('version')} (this bench reads {FORMAT_VERSION})")
-            saved = tuple(obj.get("layers", ()))
-            if set(saved) != set(params.layers):
-                raise ValueError(f"trained on layers {', '.join(saved)}, the backbone taps {', '.join(params.layers)}")
+        if is_bench_checkpoint(obj, FORMAT, FORMAT_VERSION, params.layers):
             state, kind = dict(obj["state_dict"]), "bench"
         elif isinstance(obj, dict) and all(part in obj for part in OFFICIAL_PARTS):
             state, kind = official_to_bench(obj, params.layers), "official"
@@ -422,16 +421,8 @@ def load_vcp(path: str | Path, params: VCPParameters) -> str:
 def save_vcp(method: VCPCLIP, path: str | Path) -> Path:
     """Save a bound method's learned parameters (bench format, ``torch.save``); returns the path."""
     params = method._require_bound()
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "layers": list(params.layers),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in params.state_dict().items()},
-        "meta": dict(method.provenance),
-    }, path)
-    return path
+    return save_learned(path, FORMAT, FORMAT_VERSION, params.state_dict(), method.provenance,
+                        layers=list(params.layers))
 
 
 # --------------------------------------------------------------------------- the method
@@ -504,12 +495,8 @@ class VCPCLIP(Method):
     # -- binding
     def bind(self, backbone: Backbone) -> None:
         """Check the backbone (open_clip with the embedding extra), build and load the parameters."""
-        model = getattr(backbone, "model", None)
-        if model is None or not hasattr(model, "token_embedding") or not hasattr(backbone, "tokenizer"):
-            raise ConfigError(
-                f"vcpclip prompts CLIP's text tower and needs an open_clip ViT backbone ({OFFICIAL_BACKBONE}, "
-                f"ViT-B-16, ViT-B-32, ViT-L-14); backbone {getattr(backbone, 'name', type(backbone).__name__)!r} is not one"
-            )
+        require_clip(backbone, "vcpclip", OFFICIAL_BACKBONE, tower=True)
+        model = backbone.model
         if EMBEDDING_LAYER not in backbone.extra_channels:
             raise ConfigError(
                 f"vcpclip needs the backbone extra {EMBEDDING_LAYER!r} (the unnormalised image embedding): "
@@ -699,64 +686,40 @@ def train_vcp(
     if not isinstance(method, VCPCLIP):
         raise ConfigError(f"train_vcp trains a VCP-CLIP method, got {type(method).__name__}")
     data = AuxiliaryData.open(dataset, categories)
-    if lr is None:
-        if data.name not in TRAIN_LR:
-            raise ConfigError(f"train_vcp: no official lr for dataset {data.name or '?'!r} (official: {TRAIN_LR}); pass lr=")
-        lr = TRAIN_LR[data.name]
-    rate = OFFICIAL_MOSAIC_RATE.get(data.name, 0.0) if mosaic_rate is None else float(mosaic_rate)
-    for name, value, ok in (("epochs", epochs, int(epochs) >= 1), ("batch_size", batch_size, int(batch_size) >= 1),
-                            ("lr", lr, float(lr) > 0), ("mosaic_rate", rate, 0.0 <= rate <= 1.0)):
-        if not ok:
-            raise ConfigError(f"train_vcp {name} out of range: {value}")
+    lr = official_setting(lr, TRAIN_LR, data, "train_vcp", "lr")
+    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "train_vcp", "mosaic_rate", 0.0))
+    check_training("train_vcp", epochs, batch_size, lr, rate, max_steps)
     if rate > 0:
         data = _anomalous_pools(data)
     if method._backbone is not backbone:
         method.bind(backbone)
     params = method._require_bound()
     size = int(backbone.input_size)
-    rng = np.random.default_rng(int(seed))
-    torch.manual_seed(int(seed))
+    rng = np.random.default_rng(int(seed))  # the order, the mosaics and the augmentations
+    torch.manual_seed(int(seed))  # the prompt dropout
+
+    def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
+        images = [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in batch.images]
+        masks = batch.masks.numpy()
+        if augmentation:
+            images, masks = zip(*(augment(im, m, rng) for im, m in zip(images, masks)))
+        gt = torch.from_numpy(np.stack(masks)).float().to(method._device)
+        loss = torch.zeros((), device=method._device)
+        for logits in method.logits(backbone.features(backbone.preprocess(list(images)))):
+            for branch in logits:
+                probs = probabilities(branch, size)
+                loss = loss + focal_loss(probs, gt) + dice_loss(probs[:, 1], gt)
+        return loss
+
     temperatures = [params.pre.log_scale, params.post.log_scale]
     others = [p for p in params.parameters() if all(p is not t for t in temperatures)]
     optimizer = torch.optim.Adam([{"params": others, "lr": float(lr)}, {"params": temperatures, "lr": TEMPERATURE_LR}],
                                  betas=TRAIN_BETAS)
-    steps = int(epochs) * math.ceil(len(data.samples) / int(batch_size))
-    total = steps if max_steps is None else min(int(max_steps), steps)
-    losses: list[float] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="vcpclip", disable=not progress, leave=False)
-    params.train().requires_grad_(True)
-    try:
-        for _ in range(int(epochs)):
-            for batch in data.batches(int(batch_size), size, rate, rng):
-                if len(losses) >= total:
-                    break
-                images = [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in batch.images]
-                masks = batch.masks.numpy()
-                if augmentation:
-                    images, masks = zip(*(augment(im, m, rng) for im, m in zip(images, masks)))
-                gt = torch.from_numpy(np.stack(masks)).float().to(method._device)
-                loss = torch.zeros((), device=method._device)
-                for logits in method.logits(backbone.features(backbone.preprocess(list(images)))):
-                    for branch in logits:
-                        probs = probabilities(branch, size)
-                        loss = loss + focal_loss(probs, gt) + dice_loss(probs[:, 1], gt)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if len(losses) >= total:
-                break
-    finally:
-        bar.close()
-        params.eval().requires_grad_(False)
-
-    trained = {**data.meta(), "epochs": int(epochs), "steps": len(losses), "lr": float(lr), "batch_size": int(batch_size),
-               "mosaic_rate": rate, "augmentation": bool(augmentation), "seed": int(seed),
-               "final_loss": losses[-1] if losses else None}
+    losses = fit_on_auxiliary([params], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
+                              size=size, mosaic_rate=rate, rng=rng, max_steps=max_steps, progress=progress,
+                              desc="vcpclip")
+    trained = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
+                            mosaic_rate=rate, augmentation=bool(augmentation), seed=int(seed))
     method.provenance = {**method.provenance, "source": "bench", "trained": trained}
     method.info.settings.update(checkpoint_source="trained in this process", trained=trained)
     if save is not None:

@@ -11,7 +11,8 @@ Pipeline (anomalib's names in brackets):
    ``PRETRAINED``] at 240 px (a 15×15 grid of 16 px patches), CLIP mean/std, bicubic resize.
 2. Text, per object name (the category name as is, e.g. ``metal_nut``): 7 normal states × 21
    templates and 4 abnormal states × 21 templates [``create_prompt_ensemble``]; each class is
-   the mean of its sentence embeddings, the two classes form ``T`` ``(D, 2)`` (normal, abnormal).
+   the mean of its raw (unnormalised) sentence embeddings [``_collect_text_embeddings``],
+   normalised here once for the cosine; the two classes form ``T`` ``(D, 2)`` (normal, abnormal).
 3. Window embeddings at scales 2 and 3 [``scales``]: every 2×2 and 3×3 window of patches, stride
    1 (196 and 169 windows), embedded by the image tower run on the class token and the window's
    patch tokens alone (``bench.backbones.clip_extras.windows``), plus the image embedding.
@@ -30,6 +31,7 @@ official backbone also gets its weights tag and input size. ``--weights`` overri
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from bench.backbones.openclip import ARCHS
 from bench.errors import ConfigError
 from bench.interfaces import Backbone, Method, MethodInfo
+from bench.methods._prompts import ObjectPrompts, ensemble_embeddings, ensemble_sentences, require_clip
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
 
@@ -70,9 +73,6 @@ OFFICIAL_SCALES = (2, 3)
 EXTRA = "windows"  # bench.backbones.clip_extras.windows
 
 DEVIATIONS = (
-    "Text: each class embedding is the normalised mean of the L2-normalised sentence embeddings "
-    "(bench's CLIP backbones give normalised text embeddings); anomalib averages the raw "
-    "embeddings (normalised only in the cosine), which weighs each sentence by its embedding norm. "
     "Precision: the backbone runs under its own precision (fp16 autocast on CUDA by default, "
     "'precision' backbone option; anomalib: fp32); the scoring arithmetic is float32. "
     "Preprocessing: PIL bicubic resize of the uint8 image to 240x240 (anomalib: torchvision's "
@@ -88,15 +88,13 @@ DEVIATIONS = (
 
 def prompt_sentences(name: str) -> tuple[list[str], list[str]]:
     """The (normal, abnormal) sentences of object ``name``: states × templates, state-major."""
-    normal = [t.format(s.format(name)) for s in NORMAL_STATES for t in TEMPLATES]
-    abnormal = [t.format(s.format(name)) for s in ABNORMAL_STATES for t in TEMPLATES]
-    return normal, abnormal
+    return ensemble_sentences(name, NORMAL_STATES, TEMPLATES), ensemble_sentences(name, ABNORMAL_STATES, TEMPLATES)
 
 
 def text_embeddings(encode: Callable[[list[str]], torch.Tensor], name: str) -> torch.Tensor:
-    """``(D, 2)``: per class, the L2-normalised mean of the L2-normalised sentence embeddings."""
-    columns = [F.normalize(F.normalize(encode(s).float(), dim=-1).mean(dim=0), dim=0) for s in prompt_sentences(name)]
-    return torch.stack(columns, dim=1)
+    """``(D, 2)``: per class, the mean of the raw sentence embeddings (``encode`` must not normalise
+    them), L2-normalised: its cosine with an image embedding is anomalib's."""
+    return ensemble_embeddings(encode, prompt_sentences(name), normalize_sentences=False)
 
 
 # --------------------------------------------------------------------------- the formulas
@@ -140,16 +138,13 @@ class WinCLIP(Method):
     """
 
     def __init__(self, object_name: str | None = None, scales: Sequence[int] = OFFICIAL_SCALES) -> None:
-        if object_name is not None and not str(object_name).strip():
-            raise ConfigError("winclip object_name must be a non-empty string or None (the category name)")
+        self.prompts: ObjectPrompts[torch.Tensor] = ObjectPrompts("winclip", object_name)  # text embeddings
         scales = (scales,) if isinstance(scales, int) else tuple(scales)
         if not scales or len(set(scales)) != len(scales) or any(not isinstance(k, int) or k < 1 for k in scales):
             raise ConfigError(f"winclip scales must be distinct window sizes >= 1 (in patches), got {list(scales)}")
-        self.object_name = None if object_name is None else str(object_name)
         self.scales = scales
         self._backbone: Backbone | None = None
         self._device = torch.device("cpu")
-        self._texts: dict[str, torch.Tensor] = {}
         self.info = MethodInfo(
             name="winclip",
             paper=PAPER,
@@ -160,8 +155,8 @@ class WinCLIP(Method):
                             f"{OFFICIAL_INPUT_SIZE} px: a 15x15 patch grid",
                 "prompts": f"{len(NORMAL_STATES)} normal + {len(ABNORMAL_STATES)} abnormal states x "
                            f"{len(TEMPLATES)} templates (anomalib's lists); per class the mean of the "
-                           f"normalised sentence embeddings",
-                "object_name": self.object_name or "category name",
+                           f"raw sentence embeddings (anomalib)",
+                "object_name": self.prompts.object_name or "category name",
                 "scales": list(self.scales),
                 "window": "k x k patches, stride 1; CLIP embedding of the class token + the window's "
                           "patch tokens (masked after the position embedding), ln_post, proj",
@@ -191,15 +186,10 @@ class WinCLIP(Method):
 
     def bind(self, backbone: Backbone) -> None:
         """Check the backbone is CLIP with the window embeddings; reset the text cache."""
-        name = getattr(backbone, "name", type(backbone).__name__)
-        if not callable(getattr(backbone, "encode_text", None)):
-            raise ConfigError(
-                f"winclip compares image windows with CLIP text prompts and needs a CLIP backbone with a "
-                f"text tower (an open_clip ViT such as {OFFICIAL_BACKBONE} with --weights {OFFICIAL_WEIGHTS}); "
-                f"backbone {name!r} has no encode_text"
-            )
+        require_clip(backbone, "winclip", f"{OFFICIAL_BACKBONE} with --weights {OFFICIAL_WEIGHTS}")
         missing = [layer for layer in self.window_layers.values() if layer not in backbone.extra_channels]
         if missing:
+            name = getattr(backbone, "name", type(backbone).__name__)
             raise ConfigError(
                 f"winclip needs the window embeddings {', '.join(missing)} (the open_clip backbone's "
                 f"{EXTRA!r} extra, sizes {list(self.scales)}), which backbone {name!r} does not give: create "
@@ -207,30 +197,18 @@ class WinCLIP(Method):
             )
         self._backbone = backbone
         self._device = torch.device(getattr(backbone, "device", "cpu"))
-        self._texts.clear()
-
-    def object_for(self, category: str | None) -> str:
-        """The object name in the prompts for images of ``category`` (see ``object_name``)."""
-        if self.object_name is not None:
-            return self.object_name
-        if category is not None:
-            return category
-        raise ConfigError(
-            "winclip puts the object name in its prompts, but these features carry no category: "
-            "set FeatureSet.category or the object_name option"
-        )
+        self.prompts.cache.clear()
 
     def text(self, name: str) -> torch.Tensor:
         """``(D, 2)`` normal/abnormal text embeddings of object ``name`` (computed once, cached)."""
         if self._backbone is None:
             raise ConfigError("winclip: call bind(backbone) before scoring (the Runner does it)")
-        if name not in self._texts:
-            self._texts[name] = text_embeddings(self._backbone.encode_text, name).to(self._device)
-        return self._texts[name]
+        encode = functools.partial(self._backbone.encode_text, normalize=False)
+        return self.prompts.get(name, lambda n: text_embeddings(encode, n).to(self._device))
 
     def score(self, features: FeatureSet, reference: FeatureSet | None = None) -> ScoreOutput:
         """Maps and image scores of each image (``reference`` is ignored: per-image method)."""
-        text = self.text(self.object_for(features.category))
+        text = self.text(self.prompts.object_for(features.category))
         missing = [layer for layer in self.window_layers.values() if layer not in features.layers]
         if missing:
             raise ConfigError(

@@ -524,12 +524,13 @@ class OpenClipBackbone(Backbone):
         embedding = F.normalize(out["image_features"].clone().float(), dim=-1)
         return FeatureSet(layers=layers, embedding=embedding)
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """``(N, D)`` L2-normalised text embeddings of ``prompts`` (frozen text tower)."""
+    def encode_text(self, prompts: list[str], normalize: bool = True) -> torch.Tensor:
+        """``(N, D)`` text embeddings of ``prompts`` (frozen text tower), L2-normalised unless ``normalize=False``."""
         tokens = self.tokenizer(list(prompts)).to(self.device)
         with torch.inference_mode(), self._autocast():
             z = self.model.encode_text(tokens)
-        return F.normalize(z.clone().float(), dim=-1)
+        z = z.clone().float()  # outside inference mode: an ordinary tensor
+        return F.normalize(z, dim=-1) if normalize else z
 
     def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``(B, C, h, w)`` → joint-space tokens ``(B, D, h, w)``: ``ln_post`` then ``proj``.

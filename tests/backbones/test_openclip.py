@@ -7,7 +7,6 @@ small input size, and once end to end through `bench run`.
 from __future__ import annotations
 
 import inspect
-import json
 
 import numpy as np
 import open_clip
@@ -15,33 +14,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from fakes import registered_tiny_vit
 
 from bench.backbones import openclip as oc
 from bench.errors import ConfigError, WeightsError
 from bench.registry import BACKBONES, METHODS
 
 TINY = "bench-test-tiny-vit"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_arch(tmp_path_factory):
+def tiny_arch():
     """A tiny ViT in open_clip's architecture registry for this module only."""
-    from open_clip import factory
-
-    path = tmp_path_factory.mktemp("arch") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    yield TINY
-    factory._MODEL_CONFIG_PATHS.remove(path)
-    factory._MODEL_CONFIGS.pop(TINY, None)
+    with registered_tiny_vit(TINY) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +95,14 @@ def test_chosen_layers_keep_their_order(tiny_arch, tiny):
 
 
 def test_text_tower_and_token_projection(tiny):
-    text = tiny.encode_text(["a photo of a flawless object", "a photo of a damaged object", "x"])
+    prompts = ["a photo of a flawless object", "a photo of a damaged object", "x"]
+    text = tiny.encode_text(prompts)
     assert text.shape == (3, 32) and torch.allclose(text.norm(dim=1), torch.ones(3))
+    raw = tiny.encode_text(prompts, normalize=False)  # open_clip's own encode_text output
+    with torch.no_grad():
+        torch.testing.assert_close(raw, tiny.model.encode_text(tiny.tokenizer(prompts)))
+    torch.testing.assert_close(F.normalize(raw, dim=-1), text)
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(3), atol=1e-2)
     assert tiny.tokenizer(["a"]).shape == (1, 77)
     x = tiny.preprocess(_images(2, 32))
     fs = tiny.features(x)

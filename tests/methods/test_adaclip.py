@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
+from clip_helpers import assert_missing_weights_named, assert_runs
 from fakes import TinyBackbone
 
 from bench.backbones.clip_extras import adaclip_prompts as AP
@@ -161,10 +161,12 @@ def test_training_loss_by_hand():
     def row_dice(prob, t):  # the official batch-1 dice: one sample per mask row
         return (dice(prob[:2], t[:2]) + dice(prob[2:], t[2:])) / 2
 
-    expected = focal(sigmoid(1.2 - 0.3), 1)  # image label: the mask has an anomalous pixel
-    expected += sum(focal(p, t) for p, t in zip(p1, target)) / 4
-    expected += row_dice(p1, target) + row_dice([1 - p for p in p1], [1 - t for t in target])
-    assert A.training_loss(logits, image, mask, (2, 2)).item() == pytest.approx(expected, rel=1e-5)
+    pixels = sum(focal(p, t) for p, t in zip(p1, target)) / 4
+    pixels += row_dice(p1, target) + row_dice([1 - p for p in p1], [1 - t for t in target])
+    for label in (1, 0):  # the image's label, whatever its mask (official: the sample's 'anomaly')
+        expected = focal(sigmoid(1.2 - 0.3), label) + pixels
+        got = A.training_loss(logits, image, mask, torch.tensor([label]), (2, 2)).item()
+        assert got == pytest.approx(expected, rel=1e-5)
     whole_image = dice(p1, target) + dice([1 - p for p in p1], [1 - t for t in target])
     assert abs(whole_image - row_dice(p1, target) - row_dice([1 - p for p in p1], [1 - t for t in target])) > 0.05
 
@@ -380,20 +382,8 @@ def test_train_prompts_reduces_its_loss_through_both_towers(few_templates, tmp_p
         A.train_prompts(method, backbone, root, epochs=0)
 
 
-def test_bench_run_smoke(few_templates, tmp_path):
-    from bench.cli import main
-    from bench.datasets.synthetic import generate
-    from bench.tracking import open_store
-
-    root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=8, size=64, progress=False)
+def test_bench_run_smoke(few_templates, synthetic_tiles, tmp_path):
     out = tmp_path / "out"
-    base = ["run", "--data-root", str(root), "--out", str(out), "--methods", "adaclip", "--backbone", "ViT-B-32",
-            "--weights", "random", "--refiner", "none", "--set", "pgt.n_groups=2", "--quiet"]
-    result = CliRunner().invoke(main, base)  # random weights: untrained prompts by default
-    assert result.exit_code == 0, result.output
-    units = open_store(out).units()
-    assert list(units.method.unique()) == ["adaclip"] and len(units) == 1
+    assert_runs("adaclip", synthetic_tiles, out)  # random weights: untrained prompts by default
     missing = tmp_path / "pretrained_visa_clinicdb.pth"
-    bad = CliRunner().invoke(main, base + ["--set", f"method_options.adaclip.checkpoint={missing}"])
-    assert bad.exit_code != 0 and "Traceback" not in bad.output
-    assert str(missing) in bad.output and "train_prompts" in bad.output
+    assert_missing_weights_named("adaclip", synthetic_tiles, out, "checkpoint", missing, "train_prompts")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
+from clip_helpers import assert_missing_weights_named, assert_runs
+import fakes
 from fakes import TinyBackbone
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from bench.errors import ConfigError, WeightsError
-from bench.interfaces import Backbone
 from bench.methods import anomalyclip as AC
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
@@ -28,34 +28,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # --------------------------------------------------------------------------- a fake CLIP
 
 
-class FakeClip(Backbone):
+class FakeClip(fakes.FakeClip):
     """A 'CLIP' whose joint space is its token space (``project_tokens`` is the identity) and whose
     text tower is never run: the tests put the text embeddings in the method's text cache."""
 
-    name = "fake-clip"
-    input_size = 8
-    mean = std = (0.5, 0.5, 0.5)
     weights = "random"
 
     def __init__(self, width=4, dim=2, text_blocks=12, dpam=True):
+        super().__init__({"block1": 3}, {"dpam.block1": dim, "dpam.block2": dim, "dpam.embedding": dim} if dpam else {})
         self.model = SimpleNamespace(token_embedding=None, ln_final=nn.LayerNorm(width),
                                      transformer=SimpleNamespace(resblocks=[None] * text_blocks))
         self.tokenizer = lambda texts: torch.zeros(len(texts), 77, dtype=torch.long)
-        self._extra = {"dpam.block1": dim, "dpam.block2": dim, "dpam.embedding": dim} if dpam else {}
-
-    @property
-    def channels(self):
-        return {"block1": 3}
-
-    @property
-    def extra_channels(self):
-        return dict(self._extra)
-
-    def preprocess(self, images):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def features(self, x):  # pragma: no cover - not used
-        raise NotImplementedError
 
     def project_tokens(self, tokens):
         return tokens
@@ -133,13 +116,14 @@ def test_input_resolution_is_the_official_upsample_sum_and_gaussian():
 
 
 def test_training_loss_by_hand():
-    # two images (anomalous, normal) of 2x2 pixels, two layers
+    # two anomalous images of 2x2 pixels, the second with an empty mask (a defect too small for the mask's size)
     p1 = [torch.tensor([[[0.9, 0.2], [0.3, 0.6]], [[0.1, 0.4], [0.2, 0.3]]]),
           torch.tensor([[[0.7, 0.5], [0.5, 0.8]], [[0.6, 0.1], [0.2, 0.9]]])]
     masks = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    labels = torch.tensor([1, 1])
     logits = torch.tensor([[0.3, 1.2], [2.0, -1.0]])
     layer_probs = [torch.stack([1 - p, p], dim=1) for p in p1]
-    got = AC.training_loss(layer_probs, logits, masks).item()
+    got = AC.training_loss(layer_probs, logits, masks, labels).item()
 
     def focal(p, t):  # loss.py: one-hot clamped to [1e-5, 1 - 1e-5], p_t + 1e-5, gamma 2, mean over pixels
         terms = []
@@ -154,8 +138,8 @@ def test_training_loss_by_hand():
         return 1 - sum(per_image) / len(per_image)
 
     segmentation = sum(focal(p, masks) + dice(p, masks) + dice(1 - p, 1 - masks) for p in p1)
-    labels = (1, 0)  # from the masks: the first image is anomalous
-    ce = sum(-math.log(math.exp(l[y]) / (math.exp(l[0]) + math.exp(l[1]))) for l, y in zip(logits.tolist(), labels)) / 2
+    ce = sum(-math.log(math.exp(l[y]) / (math.exp(l[0]) + math.exp(l[1])))
+             for l, y in zip(logits.tolist(), labels.tolist())) / 2  # the images' labels, not their masks
     assert got == pytest.approx(ce + 4 * segmentation, rel=1e-5)
 
 
@@ -240,10 +224,8 @@ def test_shapes_and_round_trip_on_a_random_vit_b32(vit, tmp_path):
     assert not torch.equal(other.prompts.ctx, loaded.prompts.ctx)
 
 
-def test_train_prompts_reduces_its_loss(vit, tmp_path):
-    from bench.datasets.synthetic import generate
-
-    root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=8, size=64, progress=False)
+def test_train_prompts_reduces_its_loss(vit, synthetic_tiles, tmp_path):
+    root = synthetic_tiles
     method = METHODS.create("anomalyclip", prompts="untrained")
     frozen = vit.model.token_embedding.weight.clone()
     saved = tmp_path / "trained.pt"
@@ -259,23 +241,11 @@ def test_train_prompts_reduces_its_loss(vit, tmp_path):
     assert len(AC.train_prompts(method, vit, root, max_steps=1)) == 1
 
 
-def test_bench_run_smoke(tmp_path):
-    from bench.cli import main
-    from bench.datasets.synthetic import generate
-    from bench.tracking import open_store
-
-    root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=8, size=64, progress=False)
+def test_bench_run_smoke(synthetic_tiles, tmp_path):
     out = tmp_path / "out"
-    base = ["run", "--data-root", str(root), "--out", str(out), "--methods", "anomalyclip", "--backbone",
-            "ViT-B-32", "--weights", "random", "--refiner", "none", "--set", "pgt.n_groups=2", "--quiet"]
-    result = CliRunner().invoke(main, base)  # random weights: untrained prompts by default
-    assert result.exit_code == 0, result.output
-    units = open_store(out).units()
-    assert list(units.method.unique()) == ["anomalyclip"] and len(units) == 1
-    missing = tmp_path / "epoch_15.pth"
-    bad = CliRunner().invoke(main, base + ["--set", f"method_options.anomalyclip.prompts={missing}"])
-    assert bad.exit_code != 0 and "Traceback" not in bad.output
-    assert str(missing) in bad.output and "train_prompts" in bad.output
+    assert_runs("anomalyclip", synthetic_tiles, out)  # random weights: untrained prompts by default
+    assert_missing_weights_named("anomalyclip", synthetic_tiles, out, "prompts", tmp_path / "epoch_15.pth",
+                                 "train_prompts")
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -15,11 +15,11 @@ import pytest
 import torch
 from bench.methods import aprilgan as A
 from bench.methods._auxiliary import dice_loss, focal_loss
-from click.testing import CliRunner
-from fakes import TinyBackbone
+from clip_helpers import assert_missing_weights_named, assert_runs
+import fakes
+from fakes import RandomTextEncoder, TinyBackbone
 
 from bench.errors import ConfigError, WeightsError
-from bench.interfaces import Backbone
 from bench.records import FeatureSet
 from bench.registry import METHODS
 
@@ -39,36 +39,14 @@ def few_templates():
 ABNORMAL_MARKERS = ("damaged ", "broken ", " with flaw", " with defect", " with damage")
 
 
-class FakeClip(Backbone):
+class FakeClip(fakes.FakeClip):
     """A 'CLIP' whose text tower maps normal sentences to (1, 0) and abnormal ones to (0, 1)."""
 
-    name = "fake-clip"
-    input_size = 8
-    mean = std = (0.5, 0.5, 0.5)
+    abnormal = ABNORMAL_MARKERS
 
     def __init__(self, channels=None, embedding_dim=2):
-        self._channels = channels or {"block2": 2, "block1": 2}  # given deepest first on purpose
-        self.embedding_dim = embedding_dim
-        self.seen: list[str] = []
-
-    @property
-    def channels(self):
-        return dict(self._channels)
-
-    def preprocess(self, images):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def features(self, x):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def encode_text(self, prompts):
-        self.seen.extend(prompts)
-        rows = []
-        for p in prompts:
-            row = torch.zeros(self.embedding_dim)
-            row[1 if any(m in p for m in ABNORMAL_MARKERS) else 0] = 1.0
-            rows.append(row)
-        return torch.stack(rows)
+        # layers given deepest first on purpose
+        super().__init__(channels or {"block2": 2, "block1": 2}, embedding_dim=embedding_dim)
 
 
 def sigmoid(x: float) -> float:
@@ -98,19 +76,12 @@ def test_prompt_ensemble_is_the_official_one():
 
 
 def test_class_embedding_is_the_normalised_mean_of_normalised_sentences():
-    gen = torch.Generator().manual_seed(0)
-    table: dict[str, torch.Tensor] = {}
-
-    def encode(sentences):
-        for s in sentences:
-            table.setdefault(s, torch.randn(5, generator=gen) * 3)
-        return torch.stack([table[s] for s in sentences])
-
+    encode = RandomTextEncoder()
     text = A.class_text_embeddings(encode, "bottle")
     assert text.shape == (5, 2)
     normal, abnormal = A.prompt_sentences("bottle")
     for column, sentences in enumerate((normal, abnormal)):
-        rows = [table[s] / table[s].norm() for s in sentences]
+        rows = [encode.table[s] / encode.table[s].norm() for s in sentences]
         mean = sum(rows) / len(rows)
         assert torch.allclose(text[:, column], mean / mean.norm(), atol=1e-6)
 
@@ -198,10 +169,10 @@ def test_object_name_from_the_category_or_the_option():
         method.score(features)  # no category
     features.category = "pill"
     method.score(features)
-    assert set(method._texts) == {"pill"}
+    assert set(method.prompts.cache) == {"pill"}
     named, backbone = bound_fake(object_name="capsule")
     named.score(features)
-    assert set(named._texts) == {"capsule"} and "a photo of a broken capsule." in backbone.seen
+    assert set(named.prompts.cache) == {"capsule"} and "a photo of a broken capsule." in backbone.seen
     with pytest.raises(ConfigError, match="layer"):
         method.score(FeatureSet({"block1": _grid(TOKENS)}, torch.ones(1, 2), category="pill"))
 
@@ -361,7 +332,7 @@ def test_adapter_checkpoint_round_trip(vit, tmp_path):
     path = A.save_adapters(method, tmp_path / "adapters.pt")
     loaded = METHODS.create("aprilgan", adapters=str(path), init_seed=9)  # the file wins over the init
     loaded.bind(vit)
-    loaded._texts.update(method._texts)  # same backbone, same prompts: skip re-encoding them (speed)
+    loaded.prompts.cache.update(method.prompts.cache)  # same backbone, same prompts: skip re-encoding them (speed)
     after = loaded.score(features)
     assert torch.equal(before.maps, after.maps) and torch.equal(before.image_scores, after.image_scores)
     other = METHODS.create("aprilgan", adapters="untrained", init_seed=9)
@@ -371,10 +342,8 @@ def test_adapter_checkpoint_round_trip(vit, tmp_path):
     assert loaded.provenance["saved_with"]["backbone"] == "ViT-B-32"
 
 
-def test_train_adapters_reduces_its_loss(vit, tmp_path):
-    from bench.datasets.synthetic import generate
-
-    root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=8, size=64, progress=False)
+def test_train_adapters_reduces_its_loss(vit, synthetic_tiles, tmp_path):
+    root = synthetic_tiles
     method = METHODS.create("aprilgan", adapters="untrained")
     with pytest.raises(ConfigError, match="epochs"):
         A.train_adapters(method, vit, root)  # no official epoch count for the synthetic set
@@ -387,7 +356,7 @@ def test_train_adapters_reduces_its_loss(vit, tmp_path):
     features = _features(vit)
     reloaded = METHODS.create("aprilgan", adapters=str(saved))
     reloaded.bind(vit)
-    reloaded._texts.update(method._texts)  # same prompts: skip re-encoding them (speed)
+    reloaded.prompts.cache.update(method.prompts.cache)  # same prompts: skip re-encoding them (speed)
     assert torch.equal(reloaded.score(features).maps, method.score(features).maps)
     assert reloaded.provenance["trained"]["epochs"] == 6
     # mosaics (the official MVTec AD augmentation) run too
@@ -395,22 +364,9 @@ def test_train_adapters_reduces_its_loss(vit, tmp_path):
     assert len(more) == 2 and all(math.isfinite(v) for v in more)
 
 
-def test_bench_run_smoke(few_templates, tmp_path):
-    from bench.datasets.synthetic import generate
-
-    from bench.cli import main
-    from bench.tracking import open_store
-
-    root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=8, size=64, progress=False)
+def test_bench_run_smoke(few_templates, synthetic_tiles, tmp_path):
     out = tmp_path / "out"
-    base = ["run", "--data-root", str(root), "--out", str(out), "--methods", "aprilgan", "--backbone", "ViT-B-32",
-            "--weights", "random", "--refiner", "none", "--set", "pgt.n_groups=2", "--quiet"]
-    result = CliRunner().invoke(main, base + ["--set", "method_options.aprilgan.adapters=untrained"])
-    assert result.exit_code == 0, result.output
-    units = open_store(out).units()
-    assert list(units.method.unique()) == ["aprilgan"] and len(units) == 1
+    assert_runs("aprilgan", synthetic_tiles, out, "--set", "method_options.aprilgan.adapters=untrained")
     # adapters that are not there: one clear line naming the file and both ways to get them
-    missing = tmp_path / "visa_pretrained.pth"
-    bad = CliRunner().invoke(main, base + ["--set", f"method_options.aprilgan.adapters={missing}"])
-    assert bad.exit_code != 0 and "Traceback" not in bad.output
-    assert str(missing) in bad.output and "train_adapters" in bad.output
+    assert_missing_weights_named("aprilgan", synthetic_tiles, out, "adapters", tmp_path / "visa_pretrained.pth",
+                                 "train_adapters")

@@ -8,16 +8,14 @@ width 64 at 32 px, a 3-block text tower of width 32 = the embedding dim, as VCP-
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from bench.methods import vcpclip as V
-from click.testing import CliRunner
-from fakes import TinyBackbone
+from clip_helpers import assert_missing_weights_named, assert_runs
+from fakes import TinyBackbone, registered_tiny_vit
 
 from bench.backbones.openclip import OpenClipBackbone
 from bench.errors import ConfigError, WeightsError
@@ -27,24 +25,13 @@ from bench.registry import METHODS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = "vcp-test-tiny"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
-}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random tiny CLIP with the options VCP-CLIP asks of every open_clip backbone."""
-    from open_clip import factory
-
-    path = tmp_path_factory.mktemp("arch") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    yield OpenClipBackbone(TINY, weights="random", quick_gelu=False, extras={"vcp_embedding": {}})
-    factory._MODEL_CONFIG_PATHS.remove(path)
-    factory._MODEL_CONFIGS.pop(TINY, None)
+def tiny():
+    """A random tiny CLIP with the options VCP-CLIP asks of every open_clip backbone (text width = embedding dim)."""
+    with registered_tiny_vit(TINY, text_layers=3) as name:
+        yield OpenClipBackbone(name, weights="random", quick_gelu=False, extras={"vcp_embedding": {}})
 
 
 def _features(backbone, n=2, seed=0):
@@ -406,30 +393,23 @@ def test_augment_moves_image_and_mask_together_and_adjusts_brightness_by_hand():
         assert set(np.unique(m)) <= {0.0, 1.0}
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    from bench.datasets.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("syn") / "syn", seed=0, categories=["tile"], n_test=8, size=64,
-                    progress=False)
-
-
-def test_temperatures_train_at_their_own_rate(tiny, synthetic):
+def test_temperatures_train_at_their_own_rate(tiny, synthetic_tiles):
     method = _bound(tiny, init_seed=7)
     before = {k: v.clone() for k, v in method.params.state_dict().items()}
-    V.train_vcp(method, tiny, synthetic, lr=1e-12, batch_size=4, max_steps=1, augmentation=False)
+    V.train_vcp(method, tiny, synthetic_tiles, lr=1e-12, batch_size=4, max_steps=1, augmentation=False)
     after = method.params.state_dict()
     for key in ("pre.log_scale", "post.log_scale"):  # Adam's first step moves each weight by ~lr
         assert abs((after[key] - before[key]).item()) == pytest.approx(0.01, rel=0.01)
     assert max((after[k] - before[k]).abs().max().item() for k in before if "log_scale" not in k) < 1e-9
 
 
-def test_train_vcp_reduces_its_loss_and_saves(tiny, synthetic, tmp_path):
+def test_train_vcp_reduces_its_loss_and_saves(tiny, synthetic_tiles, tmp_path):
     method = _bound(tiny, init_seed=8)
     with pytest.raises(ConfigError, match="lr"):
-        V.train_vcp(method, tiny, synthetic)  # no official lr for the synthetic set
+        V.train_vcp(method, tiny, synthetic_tiles)  # no official lr for the synthetic set
     saved = tmp_path / "vcp.pt"
-    losses = V.train_vcp(method, tiny, synthetic, epochs=20, lr=1e-2, batch_size=8, augmentation=False, save=saved)
+    losses = V.train_vcp(method, tiny, synthetic_tiles, epochs=20, lr=1e-2, batch_size=8, augmentation=False,
+                         save=saved)
     assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.75 * losses[0] and min(losses[10:]) < min(losses[:10])
     features = _features(tiny)
@@ -438,25 +418,15 @@ def test_train_vcp_reduces_its_loss_and_saves(tiny, synthetic, tmp_path):
     assert torch.equal(reloaded.score(features).maps, method.score(features).maps)
     assert reloaded.provenance["source"] == "bench"
     # the official augmentations and anomalous-image mosaics run too
-    more = V.train_vcp(method, tiny, synthetic, epochs=1, lr=1e-3, batch_size=4, mosaic_rate=1.0)
+    more = V.train_vcp(method, tiny, synthetic_tiles, epochs=1, lr=1e-3, batch_size=4, mosaic_rate=1.0)
     assert len(more) == 2 and all(math.isfinite(v) for v in more)
 
 
 # --------------------------------------------------------------------------- bench run
 
 
-def test_bench_run_smoke(synthetic, tmp_path):
-    from bench.cli import main
-    from bench.tracking import open_store
-
+def test_bench_run_smoke(synthetic_tiles, tmp_path):
     out = tmp_path / "out"
-    base = ["run", "--data-root", str(synthetic), "--out", str(out), "--methods", "vcpclip", "--backbone", "ViT-B-32",
-            "--weights", "random", "--refiner", "none", "--set", "pgt.n_groups=2", "--quiet"]
-    result = CliRunner().invoke(main, base)
-    assert result.exit_code == 0, result.output
-    units = open_store(out).units()
-    assert list(units.method.unique()) == ["vcpclip"] and len(units) == 1
-    missing = tmp_path / "train_visa.pth"
-    bad = CliRunner().invoke(main, base + ["--set", f"method_options.vcpclip.checkpoint={missing}"])
-    assert bad.exit_code != 0 and "Traceback" not in bad.output
-    assert str(missing) in bad.output and "train_vcp" in bad.output
+    assert_runs("vcpclip", synthetic_tiles, out)  # random weights: untrained parameters by default
+    assert_missing_weights_named("vcpclip", synthetic_tiles, out, "checkpoint", tmp_path / "train_visa.pth",
+                                 "train_vcp")

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 from bench.methods import winclip as W
-from click.testing import CliRunner
-from fakes import TinyBackbone
+from clip_helpers import assert_runs
+import fakes
+from fakes import RandomTextEncoder, TinyBackbone
 
 from bench.errors import ConfigError, WeightsError
-from bench.interfaces import Backbone
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
 
@@ -36,32 +36,13 @@ def few_templates():
 ABNORMAL_MARKERS = ("damaged ", " with flaw", " with defect", " with damage")
 
 
-class FakeClip(Backbone):
-    """A 'CLIP' whose text tower maps normal sentences to (1, 0) and abnormal ones to (0, 1)."""
+class FakeClip(fakes.FakeClip):
+    """A 'CLIP' with window embeddings whose text tower maps normal sentences to (1, 0) and abnormal ones to (0, 1)."""
 
-    name = "fake-clip"
-    input_size = 8
-    mean = std = (0.5, 0.5, 0.5)
-    channels = {}
+    abnormal = ABNORMAL_MARKERS
 
     def __init__(self, windows=("window2", "window3")):
-        self._extra = {name: 2 for name in windows}
-        self.seen: list[str] = []
-
-    @property
-    def extra_channels(self):
-        return dict(self._extra)
-
-    def preprocess(self, images):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def features(self, x):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def encode_text(self, prompts):
-        self.seen.extend(prompts)
-        rows = [torch.tensor([0.0, 1.0] if any(m in p for m in ABNORMAL_MARKERS) else [1.0, 0.0]) for p in prompts]
-        return torch.stack(rows)
+        super().__init__(extra_channels={name: 2 for name in windows})
 
 
 def hand_abnormal(y) -> float:
@@ -90,21 +71,20 @@ def test_prompt_ensemble_is_anomalibs():
     assert not any("broken" in s for s in abnormal)
 
 
-def test_class_embedding_is_the_normalised_mean_of_normalised_sentences():
-    gen = torch.Generator().manual_seed(0)
-    table: dict[str, torch.Tensor] = {}
-
-    def encode(sentences):
-        for s in sentences:
-            table.setdefault(s, torch.randn(5, generator=gen) * 3)
-        return torch.stack([table[s] for s in sentences])
-
+def test_class_embedding_is_the_normalised_mean_of_the_raw_sentence_embeddings():
+    encode = RandomTextEncoder()
+    table = encode.table
     text = W.text_embeddings(encode, "bottle")
     assert text.shape == (5, 2)
     for column, sentences in enumerate(W.prompt_sentences("bottle")):
-        rows = [table[s] / table[s].norm() for s in sentences]
-        mean = sum(rows) / len(rows)
+        mean = sum(table[s] for s in sentences) / len(sentences)  # anomalib: torch.mean of encode_text's output
         assert torch.allclose(text[:, column], mean / mean.norm(), atol=1e-6)
+        unit = sum(table[s] / table[s].norm() for s in sentences) / len(sentences)
+        assert not torch.allclose(text[:, column], unit / unit.norm(), atol=1e-3)  # the other rule differs here
+    # the method asks its backbone for the raw (unnormalised) sentence embeddings
+    method, backbone = bound_fake()
+    method.text("bottle")
+    assert backbone.normalize == {False}
 
 
 # --------------------------------------------------------------------------- the formulas
@@ -186,7 +166,7 @@ def test_backbone_options_info_and_registration():
     assert method.backbone_options("ViT-B-32") == {"extras": {"windows": {"sizes": (2, 3)}}}
     assert method.backbone_options("efficientnet_lite0") == {}
     assert METHODS.create("winclip", scales=[3]).backbone_options("ViT-L-14") == {"extras": {"windows": {"sizes": (3,)}}}
-    assert info.settings["temperature"] == 0.07 and "raw" in info.deviations
+    assert info.settings["temperature"] == 0.07 and "raw sentence embeddings" in info.settings["prompts"]
     assert "winclip" in METHODS.resolve("all")
 
 
@@ -212,7 +192,7 @@ def test_object_name_option():
     method, backbone = bound_fake(object_name="capsule")
     method.score(FeatureSet({"window2": torch.ones(1, 2, 2, 2), "window3": torch.ones(1, 2, 1, 1)},
                             torch.ones(1, 2), category="pill"))
-    assert set(method._texts) == {"capsule"} and "a photo of a damaged capsule." in backbone.seen
+    assert set(method.prompts.cache) == {"capsule"} and "a photo of a damaged capsule." in backbone.seen
 
 
 def test_official_weights_missing_offline_is_a_weights_error(monkeypatch):
@@ -248,17 +228,5 @@ def test_random_vit_b32_end_to_end(few_templates):
     torch.testing.assert_close(out.image_scores, image)
 
 
-def test_bench_run_smoke(few_templates, tmp_path):
-    from bench.datasets.synthetic import generate
-
-    from bench.cli import main
-    from bench.tracking import open_store
-
-    root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=8, size=64, progress=False)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(main, [
-        "run", "--data-root", str(root), "--out", str(out), "--methods", "winclip", "--backbone", "ViT-B-32",
-        "--weights", "random", "--refiner", "none", "--set", "pgt.n_groups=2", "--quiet"])
-    assert result.exit_code == 0, result.output
-    units = open_store(out).units()
-    assert list(units.method.unique()) == ["winclip"] and len(units) == 1
+def test_bench_run_smoke(few_templates, synthetic_tiles, tmp_path):
+    assert_runs("winclip", synthetic_tiles, tmp_path / "out")

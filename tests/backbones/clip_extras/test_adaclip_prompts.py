@@ -7,13 +7,12 @@ A tiny ViT registered with open_clip for this module (4 blocks of width 64, 32 p
 """
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
-import open_clip
 import pytest
 import torch
+from fakes import registered_tiny_vit
 
 from bench.backbones.clip_extras import adaclip_prompts as AP
 from bench.backbones.openclip import OpenClipBackbone
@@ -21,26 +20,15 @@ from bench.cache import backbone_fingerprint
 from bench.errors import ConfigError, WeightsError
 
 TINY = "bench-test-adaclip-vit"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 LENGTH, DEPTH = 2, 3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_arch(tmp_path_factory):
-    from open_clip import factory
-
-    path = tmp_path_factory.mktemp("arch") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    yield TINY
-    factory._MODEL_CONFIG_PATHS.remove(path)
-    factory._MODEL_CONFIGS.pop(TINY, None)
+def tiny_arch():
+    with registered_tiny_vit(TINY, text_layers=2) as name:
+        yield name
 
 
 def make(arch: str, **options) -> OpenClipBackbone:

@@ -3,36 +3,20 @@ hand-written forward of the image tower (patch embedding, class token, position 
 ``ln_pre``, the blocks, ``ln_post`` of the class token, ``@ proj``) on a tiny random ViT."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import registered_tiny_vit
 
 from bench.backbones.openclip import OpenClipBackbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = "vcp-embedding-test-tiny"
-TINY_CFG = {
-    "embed_dim": 24,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
-
-
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    from open_clip import factory
-
-    path = tmp_path_factory.mktemp("arch") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    yield OpenClipBackbone(TINY, weights="random", extras={"vcp_embedding": {}})
-    factory._MODEL_CONFIG_PATHS.remove(path)
-    factory._MODEL_CONFIGS.pop(TINY, None)
+def backbone():
+    with registered_tiny_vit("vcp-embedding-test-tiny", embed_dim=24, width=32, layers=2, text_width=16) as name:
+        yield OpenClipBackbone(name, weights="random", extras={"vcp_embedding": {}})
 
 
 def hand_embedding(visual, x: torch.Tensor) -> torch.Tensor:

@@ -7,38 +7,25 @@ coordinates, then ``ln_pre``, the residual blocks one by one, ``ln_post`` of the
 """
 from __future__ import annotations
 
-import json
-
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import registered_tiny_vit
 
 from bench.backbones import openclip as oc
 from bench.backbones.clip_extras import windows as W
 from bench.errors import ConfigError
 
 ARCH = "bench-test-window-vit"
-CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
-}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def arch(tmp_path_factory):
+def arch():
     """A tiny ViT (4x4 grid of 8 px patches at 32 px) in open_clip's registry for this module only."""
-    from open_clip import factory
-
-    path = tmp_path_factory.mktemp("arch") / f"{ARCH}.json"
-    path.write_text(json.dumps(CFG))
-    open_clip.add_model_config(path)
-    yield ARCH
-    factory._MODEL_CONFIG_PATHS.remove(path)
-    factory._MODEL_CONFIGS.pop(ARCH, None)
+    with registered_tiny_vit(ARCH, embed_dim=16, width=32, layers=2, text_width=16, text_heads=1) as name:
+        yield name
 
 
 def by_hand(backbone: oc.OpenClipBackbone, x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:

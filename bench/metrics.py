@@ -1,32 +1,47 @@
 """Image and pixel anomaly-detection metrics: exact, vectorised, memory-bounded.
 
-Every metric here is computed from two sorted 1-D arrays, the scores of the negatives (normal
-images or pixels) and those of the positives (anomalous ones), so a whole dataset is never sorted
-with an index array and no curve is binned:
+Every metric is read off one walk down the scores, highest first (``_Curve``). Each step of the
+walk is one distinct score (ties form one step), or a run of scores that only negatives have,
+where the curves run straight; it carries how many negatives (normal images or pixels) and
+positives (anomalous ones) it passes and, for AUPRO, the summed region weight of those positives:
 
-- AUROC is tie-aware, equal to ``sklearn.metrics.roc_auc_score``.
-- AP is step-wise and tie-aware, equal to ``sklearn.metrics.average_precision_score``.
-- F1-max is the largest ``2PR / (P + R)`` over the points of ``precision_recall_curve``
-  (0 where ``P + R = 0``). The best threshold always sits on a positive score, so only those are
-  visited.
-- AUPRO (``aupro``, ``pixel_aupro``) is exact: the ground-truth regions are the connected
+- AUROC: trapezoids between consecutive ROC points, tied scores forming one point, so equal to
+  ``sklearn.metrics.roc_auc_score``.
+- AP: ``sum (R_n - R_(n-1)) P_n`` over the steps, equal to
+  ``sklearn.metrics.average_precision_score``.
+- F1-max: the largest ``2PR / (P + R)`` over the points of ``precision_recall_curve``.
+- AUPRO (``aupro``, ``pixel_aupro``), exact: the ground-truth regions are the connected
   components of each mask (8-connectivity by default, as in the MVTec AD evaluation code,
   anomalib's ``cv2.connectedComponents`` and skimage's ``measure.label`` used by MuSc, APRIL-GAN and
-  AnomalyCLIP). The PRO at a threshold is the mean over all regions of the fraction of region
-  pixels scoring at or above it, a step function evaluated at every distinct score, against the FPR
-  on normal pixels. The curve is integrated with the trapezoid rule up to ``fpr_limit``
-  (interpolated there) and divided by ``fpr_limit``.
+  AnomalyCLIP). An anomalous pixel weighs ``1 / (|its region| * number of regions)``, so the PRO at
+  a threshold (the mean over regions of the fraction of region pixels scoring at or above it) is
+  the summed weight of the positives at or above it: the PRO curve is a weighted ROC curve. Its
+  area up to ``fpr_limit`` (interpolated there, trapezoid rule) is divided by ``fpr_limit``.
 - ``aupro_binned`` is the field's 200-threshold variant, offered so that published numbers can be
   compared like with like.
 
-Pixel scores are evaluated in float32 (image scores in float64). A metric that is undefined for
-the given labels (one class only; no anomalous pixel) is returned as ``UNDEFINED`` (NaN), never
-as 0 and never as an exception; report it as undefined.
+Pixel metrics never hold a per-pixel array of the whole set, so their memory does not grow with
+it. Pixel scores are compared as float32, through an order-preserving int32 key. A first pass over
+the maps, a few images at a time, validates them, counts the regions and counts the negatives and
+positives in each of 65,536 buckets of the key's top 16 bits. The buckets are cut, from the top,
+into ranges that take at most ``_RANGE_BYTES`` (1 GiB) once gathered, and each range costs one
+more pass: the keys of its negatives (4 bytes each) and ``key << 32 | region size`` of its
+positives (8 bytes) are gathered and sorted in place. The curves only bend at positive scores, so
+the walk steps through the positives' distinct keys, a block at a time, and finds by binary search
+the negatives at each and those between it and the next (which form one step). A single bucket
+too large for a range (many tied scores) is counted instead by histograms of its keys' low 16
+bits. Time is one sort of all pixels plus one pass over the maps per range (one for 2,162 maps of
+256², about three at 518²).
+
+Image scores are evaluated in float64. A metric that is undefined for the given labels (one class
+only; no anomalous pixel) is returned as ``UNDEFINED`` (NaN), never as 0 and never as an
+exception; report it as undefined.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -45,10 +60,66 @@ UNDEFINED: float = float("nan")
 
 Maps = np.ndarray | Sequence[np.ndarray]
 
-_STRUCTURE = {4: ndimage.generate_binary_structure(2, 1), 8: np.ones((3, 3), dtype=bool)}
+_CHUNK_PIXELS = 2**20  # pixels a pass over the maps handles at a time (whole images)
+_RANGE_BYTES = 2**30  # gathered and sorted at once: 4 bytes a pixel, 8 more a positive one
+_BLOCK_SIZE = 2**20  # sorted positives handed to the walk at a time
+_BUCKETS = 2**16  # buckets of the top 16 bits of a key
+
+# Structuring elements for an (n, H, W) stack of masks: the middle plane connects pixels within
+# an image, the empty outer planes keep images apart.
+_STRUCTURE = {
+    c: np.pad(ndimage.generate_binary_structure(2, c // 4)[None], ((1, 1), (0, 0), (0, 0)))
+    for c in (4, 8)
+}
 
 
-# ----------------------------------------------------------------------------- input handling
+# ----------------------------------------------------------------------------- the walk
+
+
+class _Curve:
+    """The metrics of a walk down the scores, fed a block of steps at a time.
+
+    ``add(neg, pos, weight)`` takes the next steps, highest scores first: how many negatives and
+    positives each passes and (for AUPRO) the positives' summed ``1 / |region|``. A step is one
+    distinct score, or scores that only negatives have, over which the curves run straight.
+    """
+
+    def __init__(self, n_neg: int, n_pos: int, n_regions: int = 0, fpr_limit: float = 0.3):
+        self.n_neg, self.n_pos, self.n_regions = n_neg, n_pos, n_regions
+        self.fp_limit = fpr_limit * n_neg  # negatives above the threshold where AUPRO stops
+        self.fp = self.tp = 0  # negatives and positives above the next step
+        self.overlap = 0.0  # summed weight of the positives above the next step
+        self.roc_area = 0  # twice the area under the ROC curve, in negative x positive pairs
+        self.precision_sum = 0.0  # sum over steps of positives x precision
+        self.f1_max = 0.0
+        self.pro_area = 0.0  # area under the PRO curve up to the limit, in negatives x weight
+
+    def add(self, neg: np.ndarray, pos: np.ndarray, weight: np.ndarray | None = None) -> None:
+        fp = self.fp + np.cumsum(neg)  # passed at the end of each step
+        tp = self.tp + np.cumsum(pos)
+        self.roc_area += int(np.dot(neg, 2 * tp - pos))  # width x (height before + after)
+        self.precision_sum += float(np.dot(pos, tp / np.maximum(tp + fp, 1)))
+        self.f1_max = max(self.f1_max, float(np.max(2 * tp / (tp + fp + self.n_pos))))
+        if weight is not None and self.fp < self.fp_limit:  # else past the limit for good
+            overlap = self.overlap + np.cumsum(weight)
+            # Each step runs from (fp - neg, overlap - weight) to (fp, overlap); the part of it
+            # within the FPR limit is `covered` negatives wide.
+            covered = np.clip(self.fp_limit - (fp - neg), 0, neg)
+            rise = covered * weight / (2 * np.maximum(neg, 1))  # half the overlap gained there
+            self.pro_area += float(np.dot(covered, overlap - weight + rise))
+            self.overlap = float(overlap[-1])
+        self.fp, self.tp = int(fp[-1]), int(tp[-1])
+
+    def metrics(self) -> tuple[float, float, float, float]:
+        """(AUROC, AP, F1-max, AUPRO); all ``UNDEFINED`` without negatives or positives."""
+        if not (self.n_neg and self.n_pos):
+            return UNDEFINED, UNDEFINED, UNDEFINED, UNDEFINED
+        auroc = self.roc_area / (2 * self.n_neg * self.n_pos)
+        aupro = self.pro_area / (self.fp_limit * self.n_regions) if self.n_regions else UNDEFINED
+        return auroc, self.precision_sum / self.n_pos, self.f1_max, aupro
+
+
+# ----------------------------------------------------------------------------- passes over maps
 
 
 def _as_bool(mask: np.ndarray, what: str) -> np.ndarray:
@@ -60,145 +131,203 @@ def _as_bool(mask: np.ndarray, what: str) -> np.ndarray:
     return mask != 0
 
 
-def _pool(maps: Maps, masks: Maps) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """Pooled float32 scores, pooled bool labels and the per-image shapes; copies only if needed."""
+def _images(maps: Maps, masks: Maps) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The set a few whole images at a time: float32 scores and bool masks, both (n, H, W)."""
     if isinstance(maps, np.ndarray) and isinstance(masks, np.ndarray):
         if maps.ndim != 3 or maps.shape != masks.shape:
             raise ValueError(
                 f"maps and masks must both be (N, H, W) with equal shapes, got {maps.shape} and "
                 f"{masks.shape}"
             )
-        scores = np.ascontiguousarray(maps, dtype=np.float32).reshape(-1)
-        labels = np.ascontiguousarray(_as_bool(masks, "masks")).reshape(-1)
-        return scores, labels, [maps.shape[1:]] * maps.shape[0]
+        step = max(1, _CHUNK_PIXELS // max(1, maps.shape[1] * maps.shape[2]))
+        for i in range(0, len(maps), step):
+            yield np.asarray(maps[i : i + step], np.float32), _as_bool(masks[i : i + step], "masks")
+        return
     if len(maps) != len(masks):
         raise ValueError(f"got {len(maps)} maps but {len(masks)} masks")
-    shapes = [np.shape(m) for m in maps]
-    for i, (shape, mask) in enumerate(zip(shapes, masks)):
-        if len(shape) != 2 or np.shape(mask) != shape:
-            raise ValueError(f"map {i} is {shape} but its mask {np.shape(mask)}; want equal 2-D")
-    total = sum(h * w for h, w in shapes)
-    scores, labels = np.empty(total, np.float32), np.empty(total, bool)
-    offset = 0
-    for (h, w), m, k in zip(shapes, maps, masks):
-        scores[offset : offset + h * w] = np.asarray(m).reshape(-1)
-        labels[offset : offset + h * w] = _as_bool(k, "masks").reshape(-1)
-        offset += h * w
-    return scores, labels, shapes
+    for i, (scores, mask) in enumerate(zip(maps, masks)):
+        if np.ndim(scores) != 2 or np.shape(mask) != np.shape(scores):
+            raise ValueError(
+                f"map {i} is {np.shape(scores)} but its mask {np.shape(mask)}; want equal 2-D"
+            )
+        yield np.asarray(scores, np.float32)[None], _as_bool(mask, "masks")[None]
 
 
-def _region_ids(labels: np.ndarray, shapes: list[tuple[int, int]], connectivity: int) -> np.ndarray:
-    """Global connected-component id of every positive pixel, in pooled (C) order."""
+def _keys(scores: np.ndarray) -> np.ndarray:
+    """Flat int32 keys ordered as the float32 ``scores`` (-0.0 and +0.0 share one).
+
+    A non-negative float's bits already order as an int32; a negative one's order backwards, so
+    its 31 low bits are flipped.
+    """
+    bits = np.add(scores, np.float32(0.0)).reshape(-1).view(np.int32)  # -0.0 + 0.0 = +0.0
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _scan(maps: Maps, masks: Maps, connectivity: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """One pass over the set, a few images at a time: the keys of the normal pixels, and the keys
+    and region sizes of the anomalous ones."""
+    for scores, mask in _images(maps, masks):
+        regions, _ = ndimage.label(mask, _STRUCTURE[connectivity])
+        regions, mask = regions.reshape(-1), mask.reshape(-1)
+        keys = _keys(scores)
+        yield keys[~mask], keys[mask], np.bincount(regions)[regions[mask]]
+
+
+def _bucket(keys: np.ndarray) -> np.ndarray:
+    """Bucket (0 to 2^16 - 1) of each key: its top 16 bits."""
+    return (keys >> 16) + 2**15
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What the first pass learns: negatives and positives per key bucket, regions, score range."""
+
+    negatives: np.ndarray
+    positives: np.ndarray
+    n_regions: int
+    lo: np.float32
+    hi: np.float32
+
+    @property
+    def n_neg(self) -> int:
+        return int(self.negatives.sum())
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.positives.sum())
+
+
+def _summarise(maps: Maps, masks: Maps, connectivity: int) -> _Summary:
     if connectivity not in _STRUCTURE:
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    ids, n_regions, offset = [], 0, 0
-    for h, w in shapes:  # one loop over images; the work inside is vectorised
-        mask = labels[offset : offset + h * w].reshape(h, w)
-        offset += h * w
-        if mask.any():
-            lab, n = ndimage.label(mask, structure=_STRUCTURE[connectivity])
-            ids.append(lab[mask].astype(np.int64) + (n_regions - 1))
-            n_regions += n
-    return np.concatenate(ids) if ids else np.empty(0, np.int64)
-
-
-def _check_finite(*sorted_arrays: np.ndarray) -> None:
-    for a in sorted_arrays:  # sorted: NaN and +-inf can only sit at the ends
-        if a.size and not (np.isfinite(a[0]) and np.isfinite(a[-1])):
+    negatives, positives = np.zeros(_BUCKETS, np.int64), np.zeros(_BUCKETS, np.int64)
+    n_regions, lo, hi = 0, np.float32(np.inf), np.float32(-np.inf)
+    for scores, mask in _images(maps, masks):
+        if not np.isfinite(scores).all():
             raise ValueError("scores contain NaN or infinity")
+        buckets, mask_flat = _bucket(_keys(scores)), mask.reshape(-1)
+        negatives += np.bincount(buckets[~mask_flat], minlength=_BUCKETS)
+        positives += np.bincount(buckets[mask_flat], minlength=_BUCKETS)
+        n_regions += ndimage.label(mask, _STRUCTURE[connectivity])[1]
+        if scores.size:
+            lo, hi = min(lo, scores.min()), max(hi, scores.max())
+    return _Summary(negatives, positives, n_regions, lo, hi)
 
 
-def _split_sorted(
-    scores: np.ndarray, labels: np.ndarray, region: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Ascending negative scores, ascending positive scores and, with ``region``, PRO weights.
+def _ranges(cost: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
+    """Bucket ranges ``[start, stop)`` from the top that each cost at most ``budget``, or are one
+    bucket that costs more; each ends at a bucket that costs something."""
+    below = np.concatenate(([0], np.cumsum(cost)))  # below[b]: cost of the buckets under b
+    stop = len(cost)
+    while below[stop]:
+        stop = int(np.searchsorted(below, below[stop]))  # past the free buckets on top
+        start = min(int(np.searchsorted(below, below[stop] - budget)), stop - 1)
+        yield start, stop
+        stop = start
 
-    The weight of a positive pixel is ``1 / (n_regions * |its region|)``, so that the PRO at a
-    threshold is the sum of the weights of the positives at or above it.
+
+def _gather(
+    maps: Maps, masks: Maps, connectivity: int, start: int, stop: int, summary: _Summary
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of the negatives in buckets [start, stop), and ``key << 32 | region size`` of the
+    positives there; both unsorted."""
+    negatives = np.empty(summary.negatives[start:stop].sum(), np.int32)
+    positives = np.empty(summary.positives[start:stop].sum(), np.int64)
+    lo, hi = (start - 2**15) << 16, ((stop - 2**15) << 16) - 1
+    n = m = 0
+    for neg_keys, pos_keys, sizes in _scan(maps, masks, connectivity):
+        found = neg_keys[(neg_keys >= lo) & (neg_keys <= hi)]
+        negatives[n : n + found.size] = found
+        inside = (pos_keys >= lo) & (pos_keys <= hi)
+        packed = pos_keys[inside].astype(np.int64) << 32 | sizes[inside]
+        positives[m : m + packed.size] = packed
+        n, m = n + found.size, m + packed.size
+    return negatives, positives
+
+
+def _tally(negatives: np.ndarray, positives: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
+    """Steps of the walk through sorted positives (``key << 32 | region size``), and how many of
+    the sorted negative keys ``negatives`` lie below the lowest of them.
+
+    Highest first, each distinct positive key gives two steps: the negatives above it (down to
+    the next higher positive key, or the top of ``negatives``), then the negatives, positives and
+    summed 1/region size at it.
     """
-    neg = scores[~labels]
-    neg.sort()
-    pos = scores[labels]
-    weight = None
-    if region is None:
-        pos.sort()
-    else:
-        sizes = np.bincount(region)
-        weight = 1.0 / (sizes.size * sizes[region].astype(np.float64))
-        order = np.argsort(pos)
-        pos, weight = pos[order], weight[order]
-    _check_finite(neg, pos)
-    return neg, pos, weight
+    keys = (positives >> 32).astype(np.int32)
+    first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    count = np.diff(first, append=keys.size)
+    weight = np.add.reduceat(1.0 / (positives & 0xFFFFFFFF), first)
+    distinct = keys[first][::-1]  # highest first
+    edges = np.empty(2 * distinct.size + 1, np.int64)  # positions in `negatives`, descending
+    edges[0] = negatives.size
+    edges[1::2] = np.searchsorted(negatives, distinct, side="right")
+    edges[2::2] = np.searchsorted(negatives, distinct, side="left")
+    pos, w = np.zeros(2 * distinct.size, np.int64), np.zeros(2 * distinct.size)
+    pos[1::2], w[1::2] = count[::-1], weight[::-1]
+    return (-np.diff(edges), pos, w), int(edges[-1])
 
 
-def _unique_sorted(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct values of an ascending array, the index of their first occurrence, their counts."""
-    if a.size == 0:
-        return a, np.empty(0, np.int64), np.empty(0, np.int64)
-    first = np.flatnonzero(np.concatenate(([True], a[1:] != a[:-1])))
-    return a[first], first, np.diff(np.append(first, a.size))
+def _tally_bucket(
+    maps: Maps, masks: Maps, connectivity: int, bucket: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps of the walk through one bucket, one per key, from histograms of their low 16 bits."""
+    neg, pos, weight = np.zeros(2**16, np.int64), np.zeros(2**16, np.int64), np.zeros(2**16)
+    for neg_keys, pos_keys, sizes in _scan(maps, masks, connectivity):
+        neg += np.bincount(neg_keys[_bucket(neg_keys) == bucket] & 0xFFFF, minlength=2**16)
+        inside = _bucket(pos_keys) == bucket
+        low = pos_keys[inside] & 0xFFFF
+        pos += np.bincount(low, minlength=2**16)
+        weight += np.bincount(low, 1.0 / sizes[inside], minlength=2**16)
+    return neg[::-1], pos[::-1], weight[::-1]
 
 
-def _suffix_sum(weight: np.ndarray) -> np.ndarray:
-    """``s[k] = weight[k:].sum()`` for k = 0..len(weight)."""
-    return np.append(np.cumsum(weight[::-1])[::-1], 0.0)
+def _walk(maps: Maps, masks: Maps, connectivity: int, summary: _Summary, limit: float) -> _Curve:
+    """The walk down every pixel score, a range of buckets at a time."""
+    curve = _Curve(summary.n_neg, summary.n_pos, summary.n_regions, limit)
+    if not (summary.n_neg and summary.n_pos):
+        return curve  # undefined: nothing to walk
+    cost = 4 * summary.negatives + 8 * summary.positives  # bytes of a bucket, gathered
+    for start, stop in _ranges(cost, _RANGE_BYTES):
+        if cost[start:stop].sum() > _RANGE_BYTES:
+            curve.add(*_tally_bucket(maps, masks, connectivity, start))
+        else:
+            _walk_range(curve, *_gather(maps, masks, connectivity, start, stop, summary))
+    return curve
 
 
-# ----------------------------------------------------------------------------- the metrics
+def _walk_range(curve: _Curve, negatives: np.ndarray, positives: np.ndarray) -> None:
+    """Walk one gathered range (sorted here, in place), its positives a block at a time."""
+    negatives.sort()
+    positives.sort()
+    end, end_pos = negatives.size, positives.size
+    while end_pos:  # each block cut where a key begins
+        cut = positives[max(end_pos - _BLOCK_SIZE, 0)] >> 32 << 32
+        begin_pos = int(np.searchsorted(positives[:end_pos], cut))
+        steps, end = _tally(negatives[:end], positives[begin_pos:end_pos])
+        curve.add(*steps)
+        end_pos = begin_pos
+    curve.add(np.array([end]), np.zeros(1, np.int64), np.zeros(1))  # below every positive
 
 
-def _ranking_metrics(neg: np.ndarray, pos: np.ndarray) -> tuple[float, float, float]:
-    """(AUROC, AP, F1-max) from sorted negative and positive scores."""
-    n_neg, n_pos = neg.size, pos.size
-    if n_neg == 0 or n_pos == 0:
-        return UNDEFINED, UNDEFINED, UNDEFINED
-    u, first, count = _unique_sorted(pos)
-    tp = n_pos - first  # positives >= u
-    below = np.searchsorted(neg, u, side="left")  # negatives < u
-    upto = np.searchsorted(neg, u, side="right")  # negatives <= u
-    fp = n_neg - below  # negatives >= u
-    auroc = int((count * (below + upto)).sum()) / (2.0 * n_pos * n_neg)  # ties count one half
-    ap = float(np.sum(count / n_pos * (tp / (tp + fp))))  # recall step x precision
-    f1 = float(np.max(2.0 * tp / (tp + fp + n_pos)))  # 2PR/(P+R) = 2TP/(2TP+FP+FN)
-    return auroc, ap, f1
-
-
-def _aupro_exact(neg: np.ndarray, pos: np.ndarray, weight: np.ndarray, limit: float) -> float:
-    n_neg = neg.size
-    if n_neg == 0 or pos.size == 0:
-        return UNDEFINED
-    pro_from = _suffix_sum(weight)
-    # Only distinct negative scores move the FPR; segments that start beyond the limit add nothing.
-    start = max(0, int(np.floor(n_neg * (1.0 - limit))) - 1)
-    u, first, count = _unique_sorted(neg[start:])
-    below = start + first
-    below[0] = np.searchsorted(neg, u[0], side="left")  # its ties may begin before `start`
-    upto = start + first + count
-    # Segment from the point just above u to the point at u; both coordinates linear in between.
-    f_a, f_b = (n_neg - upto) / n_neg, (n_neg - below) / n_neg
-    p_a = pro_from[np.searchsorted(pos, u, side="right")]  # PRO of positives > u
-    p_b = pro_from[np.searchsorted(pos, u, side="left")]  # PRO of positives >= u
-    f_a_clip, f_b_clip = np.minimum(f_a, limit), np.minimum(f_b, limit)
-    p_b_clip = p_a + (p_b - p_a) * (f_b_clip - f_a) / (f_b - f_a)
-    area = np.sum((f_b_clip - f_a_clip) * (p_a + p_b_clip)) / 2.0
-    return float(area / limit)
-
-
-def _aupro_field(
-    neg: np.ndarray, pos: np.ndarray, weight: np.ndarray, limit: float, steps: int
+def _aupro_binned(
+    maps: Maps, masks: Maps, connectivity: int, summary: _Summary, limit: float, steps: int
 ) -> float:
-    n_neg = neg.size
-    if n_neg == 0 or pos.size == 0:
+    lo, hi = summary.lo, summary.hi
+    if not (summary.n_neg and summary.n_pos) or hi == lo:
         return UNDEFINED
-    lo, hi = min(neg[0], pos[0]), max(neg[-1], pos[-1])
-    if hi == lo:
-        return UNDEFINED
-    thresholds = np.arange(lo, hi, (hi - lo) / steps)  # as the repos: float64, max excluded
+    thresholds = np.arange(lo, hi, (hi - lo) / steps)  # as the repos: max excluded
     # Largest float32 <= each threshold: for float32 scores, s > t32 exactly when s > t.
     t32 = thresholds.astype(np.float32)
     t32 = np.where(t32 > thresholds, np.nextafter(t32, np.float32(-np.inf)), t32)
-    fpr = (n_neg - np.searchsorted(neg, t32, side="right")) / n_neg  # normal pixels > t
-    pro = _suffix_sum(weight)[np.searchsorted(pos, t32, side="right")]
+    edges = _keys(t32)
+    neg, weight = np.zeros(edges.size + 1, np.int64), np.zeros(edges.size + 1)
+    for neg_keys, pos_keys, sizes in _scan(maps, masks, connectivity):
+        passed = np.searchsorted(edges, neg_keys)  # how many thresholds each pixel is above
+        neg += np.bincount(passed, minlength=edges.size + 1)
+        passed = np.searchsorted(edges, pos_keys)
+        weight += np.bincount(passed, 1.0 / sizes, minlength=edges.size + 1)
+    fpr = np.cumsum(neg[::-1])[-2::-1] / summary.n_neg  # pixels above threshold j: passed > j
+    pro = np.cumsum(weight[::-1])[-2::-1] / summary.n_regions
     keep = fpr < limit  # strict, as in the repos
     fpr, pro = fpr[keep], pro[keep]
     if fpr.size < 2 or fpr.max() == fpr.min():
@@ -225,7 +354,14 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     labels = _as_bool(np.asarray(labels).reshape(-1), "labels")
     if scores.shape != labels.shape:
         raise ValueError(f"got {scores.size} scores but {labels.size} labels")
-    auroc, ap, f1 = _ranking_metrics(*_split_sorted(scores, labels)[:2])
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinity")
+    values, inverse = np.unique(scores, return_inverse=True)
+    count = np.bincount(inverse, minlength=values.size)[::-1]  # highest value first
+    pos = np.bincount(inverse[labels], minlength=values.size)[::-1]
+    curve = _Curve(int(labels.size - labels.sum()), int(labels.sum()))
+    curve.add(count - pos, pos)
+    auroc, ap, f1, _ = curve.metrics()
     return {"image_auroc": auroc, "image_ap": ap, "image_f1_max": f1}
 
 
@@ -246,28 +382,22 @@ def pixel_metrics(
     the set has no anomalous or no normal pixel.
     """
     _check_limit(aupro_fpr_limit)
-    scores, labels, shapes = _pool(maps, masks)
-    region = _region_ids(labels, shapes, connectivity)
-    neg, pos, weight = _split_sorted(scores, labels, region)
-    del scores, labels, region
-    auroc, ap, f1 = _ranking_metrics(neg, pos)
-    out = {
-        "pixel_auroc": auroc,
-        "pixel_ap": ap,
-        "pixel_f1_max": f1,
-        "pixel_aupro": _aupro_exact(neg, pos, weight, aupro_fpr_limit),
-    }
+    summary = _summarise(maps, masks, connectivity)
+    curve = _walk(maps, masks, connectivity, summary, aupro_fpr_limit)
+    names = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
+    out = dict(zip(names, curve.metrics()))
     if with_binned_aupro:
-        out["pixel_aupro_binned"] = _aupro_field(neg, pos, weight, aupro_fpr_limit, 200)
+        out["pixel_aupro_binned"] = _aupro_binned(
+            maps, masks, connectivity, summary, aupro_fpr_limit, 200
+        )
     return out
 
 
 def aupro(maps: Maps, masks: Maps, fpr_limit: float = 0.3, *, connectivity: int = 8) -> float:
     """Exact AUPRO up to ``fpr_limit``, normalised by it (see the module docstring)."""
     _check_limit(fpr_limit)
-    scores, labels, shapes = _pool(maps, masks)
-    neg, pos, weight = _split_sorted(scores, labels, _region_ids(labels, shapes, connectivity))
-    return _aupro_exact(neg, pos, weight, fpr_limit)
+    summary = _summarise(maps, masks, connectivity)
+    return _walk(maps, masks, connectivity, summary, fpr_limit).metrics()[3]
 
 
 def aupro_binned(
@@ -283,9 +413,8 @@ def aupro_binned(
     constant map or fewer than two kept points.
     """
     _check_limit(fpr_limit)
-    scores, labels, shapes = _pool(maps, masks)
-    neg, pos, weight = _split_sorted(scores, labels, _region_ids(labels, shapes, connectivity))
-    return _aupro_field(neg, pos, weight, fpr_limit, steps)
+    summary = _summarise(maps, masks, connectivity)
+    return _aupro_binned(maps, masks, connectivity, summary, fpr_limit, steps)
 
 
 def compute_metrics(

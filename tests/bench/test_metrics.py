@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
+from bench import metrics
 from bench.metrics import (
     UNDEFINED,
     aupro,
@@ -87,6 +88,23 @@ def blob_set(seed, n=6, size=24, decimals=2):
     if decimals is not None:
         maps = np.round(maps, decimals)
     return maps.astype(np.float32), masks
+
+
+def tied_set(seed, n=6, size=24):
+    """blob_set's masks with a handful of tied scores of both signs, -0.0 and +0.0 among them."""
+    maps, masks = blob_set(seed, n, size, decimals=None)
+    maps = np.round(4 * maps - 2) / 2
+    maps[(maps == 0) & (np.random.default_rng(seed).random(maps.shape) < 0.5)] = -0.0
+    return maps, masks
+
+
+def assert_equal_to_references(got, maps, masks):
+    y, s = masks.ravel(), maps.ravel()
+    assert got["pixel_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+    assert got["pixel_ap"] == pytest.approx(average_precision_score(y, s), abs=1e-6)
+    assert got["pixel_f1_max"] == pytest.approx(ref_f1_max(y, s), abs=1e-6)
+    assert got["pixel_aupro"] == pytest.approx(ref_aupro(maps, masks), abs=1e-6)
+    assert got["pixel_aupro_binned"] == pytest.approx(ref_aupro_binned(maps, masks), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- image metrics
@@ -253,3 +271,79 @@ def test_aupro_binned_equals_the_field_loop_and_is_close_to_exact(seed):
     assert aupro_binned(maps, masks, 0.1, steps=50) == pytest.approx(
         ref_aupro_binned(maps, masks, 0.1, steps=50), abs=1e-6
     )
+
+
+# ----------------------------------------------------------------------------- memory bound
+
+
+@pytest.fixture
+def walk_log(monkeypatch):
+    """Records the bytes of every range the walk gathers and the buckets it histograms."""
+    log = {"gathered": [], "histogrammed": []}
+    gather, tally_bucket = metrics._gather, metrics._tally_bucket
+
+    def logged_gather(*args):
+        out = gather(*args)
+        log["gathered"].append(sum(a.nbytes for a in out))
+        return out
+
+    def logged_tally_bucket(*args):
+        log["histogrammed"].append(args[-1])
+        return tally_bucket(*args)
+
+    monkeypatch.setattr(metrics, "_gather", logged_gather)
+    monkeypatch.setattr(metrics, "_tally_bucket", logged_tally_bucket)
+    return log
+
+
+def shrink(monkeypatch, range_bytes, block, chunk):
+    monkeypatch.setattr(metrics, "_RANGE_BYTES", range_bytes)
+    monkeypatch.setattr(metrics, "_BLOCK_SIZE", block)
+    monkeypatch.setattr(metrics, "_CHUNK_PIXELS", chunk)
+
+
+@pytest.mark.parametrize(
+    "data", [tied_set, lambda seed: blob_set(seed, decimals=None)], ids=["tied", "continuous"]
+)
+@pytest.mark.parametrize(
+    "range_bytes, block, chunk",
+    [(2**30, 2**20, 2**20), (4096, 64, 2000), (160, 3, 1), (12, 1, 1)],
+    ids=["one range", "a few ranges", "many ranges", "one bucket each"],
+)
+def test_walk_in_small_ranges_equals_the_references(
+    monkeypatch, walk_log, data, range_bytes, block, chunk
+):
+    maps, masks = data(5)
+    shrink(monkeypatch, range_bytes, block, chunk)
+    assert_equal_to_references(pixel_metrics(maps, masks, with_binned_aupro=True), maps, masks)
+    assert all(0 < gathered <= range_bytes for gathered in walk_log["gathered"])
+    if range_bytes == 2**30:
+        assert len(walk_log["gathered"]) == 1 and not walk_log["histogrammed"]
+    else:
+        assert len(walk_log["gathered"]) + len(walk_log["histogrammed"]) > 3
+
+
+def test_bucket_larger_than_a_range_is_histogrammed(monkeypatch, walk_log):
+    _, masks = blob_set(1)
+    maps = np.full(masks.shape, 0.25, np.float32)
+    maps[:, :, :3], maps[:, :, -3:] = 0.5, 0.75  # each value in a bucket of its own
+    maps[masks] += 0.25
+    shrink(monkeypatch, 400, 2, 1000)  # 100 negatives per range; each tie holds more
+    assert_equal_to_references(pixel_metrics(maps, masks, with_binned_aupro=True), maps, masks)
+    assert len(walk_log["histogrammed"]) == 4 and not walk_log["gathered"]
+
+
+def test_ranges_split_buckets_from_the_top_within_the_budget():
+    cost = np.array([0, 5, 0, 3, 9, 2, 0])
+    assert list(metrics._ranges(cost, 6)) == [(5, 6), (4, 5), (2, 4), (0, 2)]
+    assert list(metrics._ranges(np.zeros(4, int), 6)) == []
+
+
+def test_keys_order_as_the_floats():
+    values = np.array(
+        [-np.finfo(np.float32).max, -2.5, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1e-38, 1.0, 3e38],
+        np.float32,
+    )
+    keys = metrics._keys(values).astype(np.int64)
+    assert (np.sign(np.diff(keys)) == np.sign(np.diff(values))).all()  # -0.0 == +0.0 only
+    assert keys[4] == keys[5]

@@ -30,7 +30,7 @@ Pipeline (official names in brackets):
 4. Image score [``test.py``]: softmax(cos(e, T) / 0.07)[anomalous], e the official image feature:
    the last block's class token ``@ proj`` without ``ln_post`` (``dpam.embedding``).
 
-Prompts, option ``prompts`` (no silent fallback: without it the method refuses to run unless the
+Prompts, option ``checkpoint`` (no silent fallback: without it the method refuses to run unless the
 backbone has random weights, i.e. a smoke run with ``--weights random``, where they are untrained):
 
 - a path to the **official released checkpoint**, ``checkpoints/9_12_4_multiscale/epoch_15.pth``
@@ -58,11 +58,11 @@ upsampled bilinearly to the input size, focal(p, mask) + dice(p1, mask) + dice(p
 
     from bench.methods.anomalyclip import train_prompts
     from bench.registry import BACKBONES, METHODS
-    method = METHODS.create("anomalyclip", prompts="untrained")
+    method = METHODS.create("anomalyclip", checkpoint="untrained")
     backbone = BACKBONES.create("ViT-L-14-336", **method.backbone_options("ViT-L-14-336"), device="cuda")
     train_prompts(method, backbone, "/data/visa", save="anomalyclip_visa.pt")
     # then: bench run --methods anomalyclip --data-root /data/mvtec \\
-    #           --set method_options.anomalyclip.prompts=anomalyclip_visa.pt
+    #           --set method_options.anomalyclip.checkpoint=anomalyclip_visa.pt
 """
 from __future__ import annotations
 
@@ -298,7 +298,7 @@ def training_loss(
 class AnomalyCLIP(Method):
     """AnomalyCLIP zero-shot: learned object-agnostic prompts vs DPAM patch tokens (module docstring).
 
-    prompts: path to the official checkpoint or to one saved by ``train_prompts`` / ``save_prompts``;
+    checkpoint: the prompts: path to the official checkpoint or to one saved by ``train_prompts`` / ``save_prompts``;
     ``"untrained"`` for fresh prompts (meaningless maps: tests and smoke runs only). Required.
     resolution: ``"grid"`` (default) maps on the patch grid; ``"input"`` upsampled to the input size
     and smoothed (σ = 4 px) as the official test.
@@ -308,7 +308,7 @@ class AnomalyCLIP(Method):
 
     def __init__(
         self,
-        prompts: str | Path | None = None,
+        checkpoint: str | Path | None = None,
         resolution: str = "grid",
         prompt_length: int = PROMPT_LENGTH,
         deep_depth: int = DEEP_DEPTH,
@@ -322,7 +322,7 @@ class AnomalyCLIP(Method):
         for name, value in self.prompt_shape.items():
             if value < 1:
                 raise ConfigError(f"anomalyclip {name} must be >= 1, got {value}")
-        self.prompts_spec = None if prompts is None else str(prompts)
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.resolution = resolution
         self.init_seed = int(init_seed)
 
@@ -340,7 +340,7 @@ class AnomalyCLIP(Method):
             default_backbone=OFFICIAL_BACKBONE,
             needs_auxiliary_training=True,
             settings={
-                "prompts": self.prompts_spec or "required (untrained with --weights random)",
+                "checkpoint": self.checkpoint or "required (untrained with --weights random)",
                 "sentences": f"'X x{prompt_length} {OBJECT}.' / 'X x{prompt_length} damaged {OBJECT}.' "
                              "(object-agnostic, the X's are learned context vectors)",
                 **self.prompt_shape,
@@ -393,7 +393,7 @@ class AnomalyCLIP(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
             prompts = ObjectAgnosticPrompts(int(model.ln_final.weight.shape[0]), **self.prompt_shape)
-        path = learned_source(self.prompts_spec, backbone, "anomalyclip", "prompts", PROMPTS_HELP)
+        path = learned_source(self.checkpoint, backbone, "anomalyclip", "checkpoint", PROMPTS_HELP)
         source = load_prompts(path, prompts) if path is not None else {"kind": UNTRAINED}
         self.prompts = prompts.to(self._device).eval().requires_grad_(False)
         self.layers = layers
@@ -402,7 +402,7 @@ class AnomalyCLIP(Method):
         self._text = None
         self.provenance = {"source": source["kind"], "backbone": name, "weights": str(getattr(backbone, "weights", "")),
                            "input_size": int(backbone.input_size), "layers": list(self.layers), **self.prompt_shape}
-        self.info.settings.update(prompts=str(path) if path is not None else UNTRAINED, prompts_source=source["kind"],
+        self.info.settings.update(checkpoint=str(path) if path is not None else UNTRAINED, prompts_source=source["kind"],
                                   dpam_layers=list(self.layers))
         if source["kind"] == "bench":
             self.provenance["trained"] = dict(source["meta"].get("trained", {}))
@@ -459,10 +459,10 @@ class AnomalyCLIP(Method):
 @METHODS.register(
     "anomalyclip",
     "AnomalyCLIP (ICLR 2024): object-agnostic learned prompts vs V-V attention patch tokens; needs prompts "
-    "trained on an auxiliary dataset (--set method_options.anomalyclip.prompts=PATH)",
+    "trained on an auxiliary dataset (--set method_options.anomalyclip.checkpoint=PATH)",
 )
 def create(
-    prompts: str | None = None,
+    checkpoint: str | None = None,
     resolution: str = "grid",
     prompt_length: int = PROMPT_LENGTH,
     deep_depth: int = DEEP_DEPTH,
@@ -471,12 +471,12 @@ def create(
 ) -> AnomalyCLIP:
     """AnomalyCLIP zero-shot.
 
-    prompts: official checkpoint (epoch_15.pth), a file saved by
+    checkpoint: the prompts: official checkpoint (epoch_15.pth), a file saved by
     bench.methods.anomalyclip.train_prompts, or 'untrained' (tests and smoke runs only). Required.
     resolution: 'grid' (the protocol upsamples) or 'input' (upsampled and smoothed as official).
     prompt_length, deep_depth, deep_length: official 12, 9, 4. init_seed: of 'untrained'.
     """
-    return AnomalyCLIP(prompts=prompts, resolution=resolution, prompt_length=prompt_length,
+    return AnomalyCLIP(checkpoint=checkpoint, resolution=resolution, prompt_length=prompt_length,
                        deep_depth=deep_depth, deep_length=deep_length, init_seed=init_seed)
 
 
@@ -498,12 +498,12 @@ def train_prompts(
 ) -> list[float]:
     """Train ``method``'s prompts on an auxiliary dataset's test images and masks (official ``train.py``).
 
-    method: an AnomalyCLIP method; its current prompts are the start (``prompts="untrained"`` to
+    method: an AnomalyCLIP method; its current prompts are the start (``checkpoint="untrained"`` to
     train from scratch, as official). Bound to ``backbone`` first when it is not already.
     dataset: a bench Dataset or a root; the convention: VisA prompts for MVTec AD and the reverse.
     categories: those trained on (default: all, shuffled together).
     epochs, lr, batch_size, seed: official 15, 1e-3, 8, 111 (Adam, betas (0.5, 0.999)).
-    save: write the trained prompts there (``save_prompts``), loadable with ``prompts=PATH``.
+    save: write the trained prompts there (``save_prompts``), loadable with ``checkpoint=PATH``.
     max_steps: stop after this many optimiser steps (None: all epochs).
     Returns the loss of every step.
     """

@@ -30,7 +30,7 @@ Pipeline (official code in brackets):
    ``softmax(100 · e T)[1]`` with e the L2-normalised projected image embedding
    [``text_probs[0][1]`` in ``test.py``]; the map is not used for it.
 
-Adapters, option ``adapters`` (no silent fallback: without it the method refuses to run, unless
+Adapters, option ``checkpoint`` (no silent fallback: without it the method refuses to run, unless
 the backbone has random weights, i.e. the user asked for a smoke run with ``--weights random``,
 where the adapters are untrained too):
 
@@ -65,12 +65,12 @@ probability 0.2 [``aug_rate`` / ``combine_img``] [``train.sh``].
 
     from bench.methods.aprilgan import APRILGAN, train_adapters
     from bench.registry import BACKBONES, METHODS
-    method = METHODS.create("aprilgan", adapters="untrained")
+    method = METHODS.create("aprilgan", checkpoint="untrained")
     backbone = BACKBONES.create("ViT-L-14-336", **method.backbone_options("ViT-L-14-336"),
                                 device="cuda")
     train_adapters(method, backbone, "/data/visa", save="aprilgan_visa.pt")  # 15 epochs
     # then: bench run --methods aprilgan --data-root /data/mvtec \\
-    #           --set method_options.aprilgan.adapters=aprilgan_visa.pt
+    #           --set method_options.aprilgan.checkpoint=aprilgan_visa.pt
 """
 from __future__ import annotations
 
@@ -344,7 +344,7 @@ def abnormal_probability(embedding: torch.Tensor, text: torch.Tensor) -> torch.T
 class APRILGAN(Method):
     """APRIL-GAN zero-shot: adapted patch tokens against a prompt ensemble (see the module docstring).
 
-    adapters: path to the official checkpoint or to one saved by ``train_adapters`` /
+    checkpoint: the adapters: path to the official checkpoint or to one saved by ``train_adapters`` /
     ``save_adapters``; ``"untrained"`` for fresh layers (meaningless maps: tests and smoke runs
     only). Required.
     object_name: the object name put in the prompts for every image (default: each batch's
@@ -356,12 +356,12 @@ class APRILGAN(Method):
 
     def __init__(
         self,
-        adapters: str | Path | None = None,
+        checkpoint: str | Path | None = None,
         object_name: str | None = None,
         resolution: str = "grid",
         init_seed: int = 0,
     ) -> None:
-        self.adapters_spec = None if adapters is None else str(adapters)
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
         if resolution not in RESOLUTIONS:
             raise ConfigError(f"aprilgan resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
         self.resolution = resolution
@@ -381,7 +381,7 @@ class APRILGAN(Method):
             inter_image=False,
             min_images=1,
             settings={
-                "adapters": self.adapters_spec or "required (untrained with --weights random)",
+                "checkpoint": self.checkpoint or "required (untrained with --weights random)",
                 "prompts": f"{len(NORMAL_STATES)} normal + {len(ABNORMAL_STATES)} abnormal states x "
                            f"{len(TEMPLATES)} templates; per class mean of normalised embeddings, normalised",
                 "object_name": self.prompts.object_name or "category name",
@@ -415,13 +415,13 @@ class APRILGAN(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
             adapters = Adapters(layers, channels, int(dim_out))
-        path = learned_source(self.adapters_spec, backbone, "aprilgan", "adapters", ADAPTERS_HELP)
+        path = learned_source(self.checkpoint, backbone, "aprilgan", "checkpoint", ADAPTERS_HELP)
         if path is not None:
             source = load_adapters(path, adapters)
         else:
             source = {"kind": UNTRAINED, "init_seed": self.init_seed}
         self.adapters = adapters.to(self._device).eval().requires_grad_(False)
-        self.info.settings["adapters"] = str(path) if path is not None else UNTRAINED
+        self.info.settings["checkpoint"] = str(path) if path is not None else UNTRAINED
         self.provenance = {"source": source["kind"], "backbone": getattr(backbone, "name", ""),
                            "weights": str(getattr(backbone, "weights", "")),
                            "input_size": int(backbone.input_size), "layers": list(layers)}
@@ -483,23 +483,23 @@ class APRILGAN(Method):
 @METHODS.register(
     "aprilgan",
     "APRIL-GAN (VAND 2023): CLIP prompt ensemble vs linearly adapted patch tokens; needs adapters "
-    "trained on an auxiliary dataset (--set method_options.aprilgan.adapters=PATH)",
+    "trained on an auxiliary dataset (--set method_options.aprilgan.checkpoint=PATH)",
 )
 def create(
-    adapters: str | None = None,
+    checkpoint: str | None = None,
     object_name: str | None = None,
     resolution: str = "grid",
     init_seed: int = 0,
 ) -> APRILGAN:
     """APRIL-GAN zero-shot.
 
-    adapters: official checkpoint (visa_pretrained.pth / mvtec_pretrained.pth), a file saved by
+    checkpoint: the adapters: official checkpoint (visa_pretrained.pth / mvtec_pretrained.pth), a file saved by
     bench.methods.aprilgan.train_adapters, or 'untrained' (tests and smoke runs only). Required.
     object_name: object name in the prompts (default: the category name).
     resolution: 'grid' (softmax per patch, the protocol upsamples) or 'input' (official order).
     init_seed: seed of the 'untrained' initialisation.
     """
-    return APRILGAN(adapters=adapters, object_name=object_name, resolution=resolution, init_seed=init_seed)
+    return APRILGAN(checkpoint=checkpoint, object_name=object_name, resolution=resolution, init_seed=init_seed)
 
 
 # --------------------------------------------------------------------------- training
@@ -522,7 +522,7 @@ def train_adapters(
     """Train ``method``'s adapters on an auxiliary dataset's test images and masks (official ``train.py``).
 
     method: an APRIL-GAN method; its current adapters are the starting point (create it with
-    ``adapters="untrained"`` to train from scratch, as the official code does). It is bound to
+    ``checkpoint="untrained"`` to train from scratch, as the official code does). It is bound to
     ``backbone`` first when it is not already; after training it scores with the new adapters.
     dataset: a bench Dataset or a dataset root (opened with ``bench.data.open_dataset``); the
     field's convention: VisA adapters for testing on MVTec AD, MVTec AD adapters for VisA.
@@ -531,7 +531,7 @@ def train_adapters(
     lr, batch_size, seed: official 1e-3, 64, 111 (Adam with betas (0.5, 0.999)).
     mosaic_rate: probability of replacing a sample by a 2x2 mosaic of its category; None =
     official (0.2 on MVTec AD, 0 otherwise).
-    save: write the trained adapters there (``save_adapters``), loadable with ``adapters=PATH``.
+    save: write the trained adapters there (``save_adapters``), loadable with ``checkpoint=PATH``.
     max_steps: stop after this many optimiser steps (None: all epochs).
     Returns the loss of every step.
     """

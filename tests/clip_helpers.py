@@ -26,9 +26,9 @@ def assert_runs(method: str, root: Path, out: Path, *options: str) -> None:
     assert list(units.method.unique()) == [method] and len(units) == 1
 
 
-def assert_missing_weights_named(method: str, root: Path, out: Path, option: str, missing: Path, trainer: str) -> None:
-    """With method option ``option`` naming a ``missing`` file the run fails with a clear message (no
+def assert_missing_weights_named(method: str, root: Path, out: Path, missing: Path, trainer: str) -> None:
+    """With the method's ``checkpoint`` naming a ``missing`` file the run fails with a clear message (no
     traceback) that names the file and ``trainer``, the function that makes the weights."""
-    result = bench_run(method, root, out, "--set", f"method_options.{method}.{option}={missing}")
+    result = bench_run(method, root, out, "--set", f"method_options.{method}.checkpoint={missing}")
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert str(missing) in result.output and trainer in result.output

@@ -386,4 +386,4 @@ def test_bench_run_smoke(few_templates, synthetic_tiles, tmp_path):
     out = tmp_path / "out"
     assert_runs("adaclip", synthetic_tiles, out)  # random weights: untrained prompts by default
     missing = tmp_path / "pretrained_visa_clinicdb.pth"
-    assert_missing_weights_named("adaclip", synthetic_tiles, out, "checkpoint", missing, "train_prompts")
+    assert_missing_weights_named("adaclip", synthetic_tiles, out, missing, "train_prompts")

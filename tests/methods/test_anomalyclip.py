@@ -45,7 +45,7 @@ class FakeClip(fakes.FakeClip):
 
 
 def bound_fake(**options):
-    method = AC.AnomalyCLIP(prompts="untrained", **options)
+    method = AC.AnomalyCLIP(checkpoint="untrained", **options)
     method.bind(FakeClip())
     method._text = torch.eye(2)  # the text cache: T = normal (1, 0), anomalous (0, 1)
     return method
@@ -162,7 +162,7 @@ def test_prompt_sentences(vit):
 
 def test_text_forward_is_clips_with_the_learned_tokens_put_in(vit):
     model = vit.model
-    method = AC.AnomalyCLIP(prompts="untrained", init_seed=3)
+    method = AC.AnomalyCLIP(checkpoint="untrained", init_seed=3)
     method.bind(vit)
     prompts, tokens = method.prompts, method._tokens
     assert prompts.ctx.shape == (2, 12, 512) and prompts.deep.shape == (8, 4, 512)
@@ -206,7 +206,7 @@ def _images(n=3):
 
 
 def test_shapes_and_round_trip_on_a_random_vit_b32(vit, tmp_path):
-    method = METHODS.create("anomalyclip", prompts="untrained", init_seed=5)
+    method = METHODS.create("anomalyclip", checkpoint="untrained", init_seed=5)
     method.bind(vit)
     assert method.layers == ("dpam.block3", "dpam.block6", "dpam.block9", "dpam.block12")
     features = vit.features(vit.preprocess(_images()))
@@ -214,19 +214,19 @@ def test_shapes_and_round_trip_on_a_random_vit_b32(vit, tmp_path):
     assert out.maps.shape == (3, 2, 2) and out.image_scores.shape == (3,)
     assert out.maps.min() >= 0 and out.maps.max() <= 4 and ((out.image_scores > 0) & (out.image_scores < 1)).all()
     path = AC.save_prompts(method, tmp_path / "prompts.pt")
-    loaded = METHODS.create("anomalyclip", prompts=str(path), init_seed=9)  # the file wins over the init
+    loaded = METHODS.create("anomalyclip", checkpoint=str(path), init_seed=9)  # the file wins over the init
     loaded.bind(vit)
     again = loaded.score(features)
     assert torch.equal(again.maps, out.maps) and torch.equal(again.image_scores, out.image_scores)
     assert loaded.info.settings["prompts_source"] == "bench"
-    other = METHODS.create("anomalyclip", prompts="untrained", init_seed=9)
+    other = METHODS.create("anomalyclip", checkpoint="untrained", init_seed=9)
     other.bind(vit)
     assert not torch.equal(other.prompts.ctx, loaded.prompts.ctx)
 
 
 def test_train_prompts_reduces_its_loss(vit, synthetic_tiles, tmp_path):
     root = synthetic_tiles
-    method = METHODS.create("anomalyclip", prompts="untrained")
+    method = METHODS.create("anomalyclip", checkpoint="untrained")
     frozen = vit.model.token_embedding.weight.clone()
     saved = tmp_path / "trained.pt"
     losses = AC.train_prompts(method, vit, root, epochs=8, save=saved)
@@ -234,7 +234,7 @@ def test_train_prompts_reduces_its_loss(vit, synthetic_tiles, tmp_path):
     assert losses[-1] < 0.9 * losses[0] and min(losses[4:]) < min(losses[:4])
     assert torch.equal(vit.model.token_embedding.weight, frozen) and not method.prompts.ctx.requires_grad
     features = vit.features(vit.preprocess(_images()))
-    reloaded = METHODS.create("anomalyclip", prompts=str(saved))
+    reloaded = METHODS.create("anomalyclip", checkpoint=str(saved))
     reloaded.bind(vit)
     assert torch.equal(reloaded.score(features).maps, method.score(features).maps)
     assert reloaded.provenance["trained"]["steps"] == 8
@@ -244,7 +244,7 @@ def test_train_prompts_reduces_its_loss(vit, synthetic_tiles, tmp_path):
 def test_bench_run_smoke(synthetic_tiles, tmp_path):
     out = tmp_path / "out"
     assert_runs("anomalyclip", synthetic_tiles, out)  # random weights: untrained prompts by default
-    assert_missing_weights_named("anomalyclip", synthetic_tiles, out, "prompts", tmp_path / "epoch_15.pth",
+    assert_missing_weights_named("anomalyclip", synthetic_tiles, out, tmp_path / "epoch_15.pth",
                                  "train_prompts")
 
 
@@ -277,7 +277,7 @@ def test_official_checkpoint_key_mapping(tmp_path):
     assert official["token_suffix_pos"].shape == (1, 1, 64, 768)
     path = tmp_path / "epoch_15.pth"
     torch.save({"prompt_learner": official}, path)
-    method = METHODS.create("anomalyclip", prompts=str(path))
+    method = METHODS.create("anomalyclip", checkpoint=str(path))
     method.bind(FakeClip(width=768))
     assert torch.equal(method.prompts.ctx[0], official["ctx_pos"][0, 0])
     assert torch.equal(method.prompts.ctx[1], official["ctx_neg"][0, 0])
@@ -285,7 +285,7 @@ def test_official_checkpoint_key_mapping(tmp_path):
         assert torch.equal(method.prompts.deep[i], official[f"compound_prompts_text.{i}"])
     assert method.info.settings["prompts_source"] == "official"
     torch.save(official, tmp_path / "bare.pth")  # a bare state dict with the official names
-    bare = METHODS.create("anomalyclip", prompts=str(tmp_path / "bare.pth"))
+    bare = METHODS.create("anomalyclip", checkpoint=str(tmp_path / "bare.pth"))
     bare.bind(FakeClip(width=768))
     assert torch.equal(bare.prompts.deep[7], official["compound_prompts_text.7"])
 
@@ -305,7 +305,7 @@ def test_incompatible_checkpoints_are_weights_errors_naming_the_file(tmp_path, m
     path = tmp_path / "prompts.pth"
     torch.save(make(), path)
     with pytest.raises(WeightsError, match=needle) as info:
-        METHODS.create("anomalyclip", prompts=str(path)).bind(FakeClip(width=768))
+        METHODS.create("anomalyclip", checkpoint=str(path)).bind(FakeClip(width=768))
     assert str(path) in str(info.value)
 
 
@@ -313,33 +313,33 @@ def test_unreadable_missing_or_absent_prompts_are_weights_errors(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_text("not a torch file")
     with pytest.raises(WeightsError, match="torch.load") as info:
-        METHODS.create("anomalyclip", prompts=str(junk)).bind(FakeClip())
+        METHODS.create("anomalyclip", checkpoint=str(junk)).bind(FakeClip())
     assert str(junk) in str(info.value)
     missing = tmp_path / "nope" / "epoch_15.pth"
     with pytest.raises(WeightsError, match="not found") as info:
-        METHODS.create("anomalyclip", prompts=str(missing)).bind(FakeClip())
+        METHODS.create("anomalyclip", checkpoint=str(missing)).bind(FakeClip())
     assert str(missing) in str(info.value)
     clip = FakeClip()
     clip.weights = "openai"
     with pytest.raises(WeightsError) as info:
         METHODS.create("anomalyclip").bind(clip)
     for needle in ("official", "9_12_4_multiscale/epoch_15.pth", "9_12_4_multiscale_visa/epoch_15.pth",
-                   "train_prompts", "method_options.anomalyclip.prompts", "untrained"):
+                   "train_prompts", "method_options.anomalyclip.checkpoint", "untrained"):
         assert needle in str(info.value), needle
     method = METHODS.create("anomalyclip")
     method.bind(FakeClip())  # --weights random: a smoke run with untrained prompts
-    assert method.info.settings["prompts"] == "untrained"
+    assert method.info.settings["checkpoint"] == "untrained"
 
 
 def test_backbone_and_option_errors_are_config_errors():
     with pytest.raises(ConfigError, match="open_clip ViT"):
-        METHODS.create("anomalyclip", prompts="untrained").bind(TinyBackbone())
+        METHODS.create("anomalyclip", checkpoint="untrained").bind(TinyBackbone())
     with pytest.raises(ConfigError, match="dpam"):
-        METHODS.create("anomalyclip", prompts="untrained").bind(FakeClip(dpam=False))
+        METHODS.create("anomalyclip", checkpoint="untrained").bind(FakeClip(dpam=False))
     with pytest.raises(ConfigError, match="exceeds the 4 text blocks"):
-        METHODS.create("anomalyclip", prompts="untrained").bind(FakeClip(text_blocks=4))
+        METHODS.create("anomalyclip", checkpoint="untrained").bind(FakeClip(text_blocks=4))
     with pytest.raises(ConfigError, match="bind"):
-        METHODS.create("anomalyclip", prompts="untrained").score(_features())
+        METHODS.create("anomalyclip", checkpoint="untrained").score(_features())
     with pytest.raises(ConfigError, match="resolution"):
         METHODS.create("anomalyclip", resolution="pixels")
     with pytest.raises(ConfigError, match="prompt_length"):

@@ -91,7 +91,7 @@ def test_class_embedding_is_the_normalised_mean_of_normalised_sentences():
 
 def bound_fake(**options) -> tuple[A.APRILGAN, FakeClip]:
     backbone = FakeClip()
-    method = A.APRILGAN(adapters="untrained", **options)
+    method = A.APRILGAN(checkpoint="untrained", **options)
     method.bind(backbone)
     return method, backbone
 
@@ -152,7 +152,7 @@ def test_input_resolution_follows_the_official_order():
         assert value.item() == pytest.approx(2 * hand_abnormal(x), abs=1e-5)
     # the softmax comes after the upsampling: at the centre the logits are averaged first
     logits = [100 * (x[1] - x[0]) / math.hypot(*x) for x in TOKENS]
-    grid = A.APRILGAN(adapters="untrained")
+    grid = A.APRILGAN(checkpoint="untrained")
     grid.bind(FakeClip())
     set_linear(grid, "block1", [[1, 0], [0, 1]], [0, 0])
     set_linear(grid, "block2", [[1, 0], [0, 1]], [0, 0])
@@ -195,7 +195,7 @@ def test_official_checkpoint_keys_map_to_layers_in_depth_order(tmp_path):
     raw = _official_state([4, 3], 5)
     path = tmp_path / "visa_pretrained.pth"
     torch.save({"trainable_linearlayer": raw}, path)
-    method = METHODS.create("aprilgan", adapters=str(path))
+    method = METHODS.create("aprilgan", checkpoint=str(path))
     method.bind(FakeClip(channels, embedding_dim=5))
     assert torch.equal(method.adapters.linears["block6"].weight, raw["fc.0.weight"])
     assert torch.equal(method.adapters.linears["block6"].bias, raw["fc.0.bias"])
@@ -205,7 +205,7 @@ def test_official_checkpoint_keys_map_to_layers_in_depth_order(tmp_path):
         "linears.block6.weight", "linears.block6.bias", "linears.block12.weight", "linears.block12.bias"}
     # a bare state dict with the official names works too
     torch.save(raw, tmp_path / "bare.pth")
-    bare = METHODS.create("aprilgan", adapters=str(tmp_path / "bare.pth"))
+    bare = METHODS.create("aprilgan", checkpoint=str(tmp_path / "bare.pth"))
     bare.bind(FakeClip(channels, embedding_dim=5))
     assert torch.equal(bare.adapters.linears["block12"].bias, raw["fc.1.bias"])
 
@@ -220,7 +220,7 @@ def test_official_checkpoint_keys_map_to_layers_in_depth_order(tmp_path):
 def test_incompatible_checkpoints_are_weights_errors_naming_the_file(tmp_path, make, needle):
     path = tmp_path / "adapters.pth"
     torch.save(make(), path)
-    method = METHODS.create("aprilgan", adapters=str(path))
+    method = METHODS.create("aprilgan", checkpoint=str(path))
     with pytest.raises(WeightsError, match=needle) as info:
         method.bind(FakeClip({"block12": 3, "block6": 4}, embedding_dim=5))
     assert str(path) in str(info.value)
@@ -229,13 +229,13 @@ def test_incompatible_checkpoints_are_weights_errors_naming_the_file(tmp_path, m
 def test_unreadable_or_missing_files_are_weights_errors(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_text("not a torch file")
-    method = METHODS.create("aprilgan", adapters=str(junk))
+    method = METHODS.create("aprilgan", checkpoint=str(junk))
     with pytest.raises(WeightsError, match="torch.load") as info:
         method.bind(FakeClip())
     assert str(junk) in str(info.value)
     missing = tmp_path / "nope" / "visa_pretrained.pth"
     with pytest.raises(WeightsError) as info:
-        METHODS.create("aprilgan", adapters=str(missing)).bind(FakeClip())
+        METHODS.create("aprilgan", checkpoint=str(missing)).bind(FakeClip())
     assert str(missing) in str(info.value) and "not found" in str(info.value)
 
 
@@ -249,24 +249,24 @@ def test_no_adapters_is_a_weights_error_naming_both_ways():
     random_clip.weights = "random"  # --weights random: a smoke run, the adapters are untrained
     method = METHODS.create("aprilgan")
     method.bind(random_clip)
-    assert method.info.settings["adapters"] == "untrained"
+    assert method.info.settings["checkpoint"] == "untrained"
     for needle in ("official", "visa_pretrained.pth", "mvtec_pretrained.pth", "train_adapters",
-                   "method_options.aprilgan.adapters", "untrained"):
+                   "method_options.aprilgan.checkpoint", "untrained"):
         assert needle in message, needle
 
 
 def test_non_clip_backbone_and_bad_options_are_config_errors():
-    method = METHODS.create("aprilgan", adapters="untrained")
+    method = METHODS.create("aprilgan", checkpoint="untrained")
     with pytest.raises(ConfigError, match="encode_text"):
         method.bind(TinyBackbone())
     with pytest.raises(ConfigError, match="bind"):
         method.score(FeatureSet({"pool4": torch.zeros(1, 3, 2, 2)}, torch.zeros(1, 3), category="x"))
     with pytest.raises(ConfigError, match="resolution"):
-        METHODS.create("aprilgan", adapters="untrained", resolution="pixels")
+        METHODS.create("aprilgan", checkpoint="untrained", resolution="pixels")
 
 
 def test_info_and_registration():
-    method = METHODS.create("aprilgan", adapters="untrained")
+    method = METHODS.create("aprilgan", checkpoint="untrained")
     info = method.info
     assert info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
     assert info.default_backbone == "ViT-L-14-336" and info.arxiv == "2305.17382"
@@ -310,7 +310,7 @@ def _features(backbone, n=3, category="tile"):
 
 
 def test_shapes_on_a_random_vit_b32(vit):
-    method = METHODS.create("aprilgan", adapters="untrained")
+    method = METHODS.create("aprilgan", checkpoint="untrained")
     method.bind(vit)
     assert method.adapters.layers == ("block3", "block6", "block9", "block12")
     assert all(l.in_features == 768 and l.out_features == 512 for l in method.adapters.linears.values())
@@ -325,17 +325,17 @@ def test_shapes_on_a_random_vit_b32(vit):
 
 
 def test_adapter_checkpoint_round_trip(vit, tmp_path):
-    method = METHODS.create("aprilgan", adapters="untrained", init_seed=5)
+    method = METHODS.create("aprilgan", checkpoint="untrained", init_seed=5)
     method.bind(vit)
     features = _features(vit)
     before = method.score(features)
     path = A.save_adapters(method, tmp_path / "adapters.pt")
-    loaded = METHODS.create("aprilgan", adapters=str(path), init_seed=9)  # the file wins over the init
+    loaded = METHODS.create("aprilgan", checkpoint=str(path), init_seed=9)  # the file wins over the init
     loaded.bind(vit)
     loaded.prompts.cache.update(method.prompts.cache)  # same backbone, same prompts: skip re-encoding them (speed)
     after = loaded.score(features)
     assert torch.equal(before.maps, after.maps) and torch.equal(before.image_scores, after.image_scores)
-    other = METHODS.create("aprilgan", adapters="untrained", init_seed=9)
+    other = METHODS.create("aprilgan", checkpoint="untrained", init_seed=9)
     other.bind(vit)
     assert not torch.equal(other.adapters.linears["block3"].weight, loaded.adapters.linears["block3"].weight)
     assert loaded.info.settings["adapters_source"] == "bench"
@@ -344,7 +344,7 @@ def test_adapter_checkpoint_round_trip(vit, tmp_path):
 
 def test_train_adapters_reduces_its_loss(vit, synthetic_tiles, tmp_path):
     root = synthetic_tiles
-    method = METHODS.create("aprilgan", adapters="untrained")
+    method = METHODS.create("aprilgan", checkpoint="untrained")
     with pytest.raises(ConfigError, match="epochs"):
         A.train_adapters(method, vit, root)  # no official epoch count for the synthetic set
     saved = tmp_path / "trained.pt"
@@ -354,7 +354,7 @@ def test_train_adapters_reduces_its_loss(vit, synthetic_tiles, tmp_path):
     assert min(losses[3:]) < min(losses[:3])
     # the trained adapters score, and the saved file gives the same maps
     features = _features(vit)
-    reloaded = METHODS.create("aprilgan", adapters=str(saved))
+    reloaded = METHODS.create("aprilgan", checkpoint=str(saved))
     reloaded.bind(vit)
     reloaded.prompts.cache.update(method.prompts.cache)  # same prompts: skip re-encoding them (speed)
     assert torch.equal(reloaded.score(features).maps, method.score(features).maps)
@@ -366,7 +366,7 @@ def test_train_adapters_reduces_its_loss(vit, synthetic_tiles, tmp_path):
 
 def test_bench_run_smoke(few_templates, synthetic_tiles, tmp_path):
     out = tmp_path / "out"
-    assert_runs("aprilgan", synthetic_tiles, out, "--set", "method_options.aprilgan.adapters=untrained")
+    assert_runs("aprilgan", synthetic_tiles, out, "--set", "method_options.aprilgan.checkpoint=untrained")
     # adapters that are not there: one clear line naming the file and both ways to get them
-    assert_missing_weights_named("aprilgan", synthetic_tiles, out, "adapters", tmp_path / "visa_pretrained.pth",
+    assert_missing_weights_named("aprilgan", synthetic_tiles, out, tmp_path / "visa_pretrained.pth",
                                  "train_adapters")

@@ -428,5 +428,5 @@ def test_train_vcp_reduces_its_loss_and_saves(tiny, synthetic_tiles, tmp_path):
 def test_bench_run_smoke(synthetic_tiles, tmp_path):
     out = tmp_path / "out"
     assert_runs("vcpclip", synthetic_tiles, out)  # random weights: untrained parameters by default
-    assert_missing_weights_named("vcpclip", synthetic_tiles, out, "checkpoint", tmp_path / "train_visa.pth",
+    assert_missing_weights_named("vcpclip", synthetic_tiles, out, tmp_path / "train_visa.pth",
                                  "train_vcp")

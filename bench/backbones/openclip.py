@@ -1,7 +1,8 @@
 """open_clip ViT backbones: multi-block patch tokens, the CLIP image embedding and the text tower.
 
 Registered names are open_clip's architecture names: ``ViT-B-16``, ``ViT-B-32``, ``ViT-L-14``,
-``ViT-L-14-336`` (``OpenClipBackbone`` itself takes any open_clip ViT architecture).
+``ViT-L-14-336`` and ``ViT-B-16-plus-240`` (WinCLIP's; LAION weights only, e.g. ``laion400m_e31``)
+(``OpenClipBackbone`` itself takes any open_clip ViT architecture).
 
 Conventions (the field's: MuSc, APRIL-GAN, AnomalyCLIP):
 
@@ -43,8 +44,8 @@ Weights (``weights=``):
 QuickGELU: OpenAI's CLIP weights were trained with QuickGELU, which open_clip's plain
 ``ViT-*`` configs do not use (open_clip only warns about the mismatch). ``quick_gelu=None``
 takes the tag's setting; for a checkpoint file (and for ``random``) it takes the setting of the
-architecture's ``openai`` tag (True for the four registered ones), since OpenAI's weights are what
-the field's methods use. Pass ``quick_gelu=False`` for a LAION/DataComp checkpoint file.
+architecture's ``openai`` tag (True for the four OpenAI architectures; False without such a tag, as
+for ``ViT-B-16-plus-240``), since OpenAI's weights are what the field's methods use. Pass ``quick_gelu=False`` for a LAION/DataComp checkpoint file.
 
 Preprocessing: resize to ``input_size × input_size`` (bicubic, aspect not kept, as MuSc and
 APRIL-GAN do before their identity centre crop), then OpenAI's mean/std (or the tag's).
@@ -548,6 +549,6 @@ class OpenClipBackbone(Backbone):
 
 for _arch in ARCHS:  # the class's docstring documents the options; `arch` is bound per entry
     BACKBONES.register(
-        _arch, f"open_clip {_arch} (CLIP, weights: tag such as openai, a checkpoint file, or random): "
+        _arch, f"open_clip {_arch} (CLIP, weights: a pretrained tag, a checkpoint file, or random): "
                "patch tokens of 4 blocks + image embedding + text tower",
     )(functools.partial(OpenClipBackbone, _arch))

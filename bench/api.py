@@ -159,27 +159,35 @@ class Runner:
 
     def bind(self, method: Method) -> Backbone:
         """Create (or reuse) the method's backbone and bind the method to it."""
-        backbone_name = self.config.backbone or method.info.default_backbone
-        backbone = self.backbone(backbone_name, method.backbone_options(backbone_name))
+        backbone = self.method_backbone(method)
         method.bind(backbone)
         return backbone
+
+    def method_backbone(self, method: Method) -> Backbone:
+        """The run's ``--backbone`` or the method's default, with the method's options."""
+        name = self.config.backbone or method.info.default_backbone
+        return self.backbone(name, method.backbone_options(name))
 
     def usable_methods(self, names: list[str], skip_unusable: bool) -> list[str]:
         """Set each method up once before anything runs, so that bad options, a missing checkpoint,
         weights offline or a backbone it cannot use are one clear error up front.
 
-        ``skip_unusable`` (``--methods all``): a method that cannot get or use its backbone or
-        checkpoint is skipped with a warning that says why (e.g. CLIP methods on the embedded
-        default, offline), recorded in ``self.skipped``; at least one method must remain. Bad
-        method options are always errors, and named methods are never skipped.
+        ``skip_unusable`` (``--methods all``): a method that cannot get its default weights or its
+        checkpoint, or cannot use the backbone, is skipped with a warning that says why (e.g. the
+        CLIP methods on the embedded default, offline), recorded in ``self.skipped``; at least one
+        method must remain. Always errors: bad method options, weights the user named with
+        ``--weights`` that do not load, and any problem of a method named in ``--methods``.
         """
         usable = []
         for name in names:
-            method = METHODS.create(name, **self.config.method_options.get(name, {}))  # bad options: always an error
+            method = METHODS.create(name, **self.config.method_options.get(name, {}))
+            backbone = None
             try:
-                self.bind(method)
+                backbone = self.method_backbone(method)
+                method.bind(backbone)
             except (WeightsError, ConfigError) as exc:
-                if not skip_unusable:
+                named_weights = backbone is None and isinstance(exc, WeightsError) and self.config.weights != "default"
+                if not skip_unusable or named_weights:
                     raise
                 self.skipped[name] = str(exc)
                 warnings.warn(f"--methods all: skipping {name}: {exc}", SkippedMethodWarning, stacklevel=2)

@@ -177,8 +177,10 @@ def test_too_few_images_for_musc_groups(base, tmp_path, out):
 
 
 def test_missing_weights_file(base, tmp_path, out):
-    fails(run_args(base, out, "--weights", tmp_path / "missing.pth"),
+    fails(run_args(base, out, "--methods", "musc", "--weights", tmp_path / "missing.pth"),
           f"looked at: {tmp_path / 'missing.pth'}", "weights not found")
+    # with --methods all too: weights the user named are never skipped over
+    fails(run_args(base, out, "--weights", tmp_path / "missing.pth"), str(tmp_path / "missing.pth"), "not found")
 
 
 def test_unavailable_device(base, tmp_path, monkeypatch, out):

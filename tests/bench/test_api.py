@@ -64,3 +64,11 @@ def test_all_never_skips_a_method_with_bad_options(tmp_path):
     with pytest.raises(ConfigError, match="odd"):
         runner.usable_methods(["musc"], skip_unusable=True)
     assert runner.skipped == {}
+
+
+def test_all_never_skips_weights_the_user_named(tmp_path):
+    missing = tmp_path / "missing.pth"
+    runner = Runner(RunConfig(out=str(tmp_path), weights=str(missing)), progress=False)
+    with pytest.raises(WeightsError, match="missing.pth"):
+        runner.usable_methods(["musc", "aprilgan"], skip_unusable=True)
+    assert runner.skipped == {}

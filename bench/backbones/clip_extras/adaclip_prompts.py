@@ -42,7 +42,7 @@ from torch import nn
 from bench.backbones.openclip import ClipExtra, OpenClipBackbone, parse_layer
 from bench.cache import file_digest
 from bench.errors import ConfigError, WeightsError
-from bench.methods._auxiliary import learned_source, load_checkpoint
+from bench.methods._auxiliary import is_bench_checkpoint, learned_source, load_checkpoint
 from bench.registry import CLIP_EXTRAS
 
 NAME = "adaclip_prompts"
@@ -105,10 +105,11 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, obje
     accepted too. Anything else is a ``WeightsError`` naming the file.
     """
     obj = load_checkpoint(path, "AdaCLIP", "checkpoint")
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if int(obj.get("version", 0)) != FORMAT_VERSION:
-            raise WeightsError(f"AdaCLIP checkpoint {path}: format version {obj.get('version')} "
-                               f"(this bench reads {FORMAT_VERSION})")
+    try:
+        ours = is_bench_checkpoint(obj, FORMAT, FORMAT_VERSION)
+    except ValueError as exc:
+        raise WeightsError(f"AdaCLIP checkpoint {path}: {exc}") from None
+    if ours:
         return dict(obj["state_dict"]), {"kind": "bench", "layers": list(obj.get("layers", [])),
                                          "meta": dict(obj.get("meta", {}))}
     state: dict[str, torch.Tensor] = {}

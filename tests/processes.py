@@ -29,14 +29,18 @@ def live_in_session(session: int) -> list[int]:
     return pids
 
 
-def left_behind(session: int, grace_s: float = 30.0) -> list[int]:
-    """Pids of ``session`` still alive after ``grace_s``; they are killed, so a failing test leaves none."""
+def left_behind(session: int, grace_s: float = 30.0) -> list[str]:
+    """``pid command line`` of the processes of ``session`` still alive after ``grace_s``; they are
+    killed, so a failing test leaves none."""
     deadline = time.monotonic() + grace_s
     while (pids := live_in_session(session)) and time.monotonic() < deadline:
         time.sleep(0.2)
+    left = []
     for pid in pids:
         try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return pids
+        except (OSError, ProcessLookupError):
+            continue
+        left.append(f"{pid} {command[:200]}")
+    return left

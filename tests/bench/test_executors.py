@@ -144,7 +144,8 @@ def test_ray_run_interrupted_then_resumed_equals_the_serial_run(tmp_path, one_th
     os.killpg(interrupted.pid, signal.SIGINT)  # Ctrl-C
     output = interrupted.communicate(timeout=120)[0]
     assert interrupted.returncode != 0 and "Traceback" not in output, output[-3000:]
-    assert left_behind(interrupted.pid) == []  # the local Ray cluster went down with the run
+    # the local Ray cluster went down with the run (its agents can take a while on a loaded machine)
+    assert left_behind(interrupted.pid, grace_s=90) == []
     parents = store.parents()
     assert len(parents) == 1 and parents.status.iloc[0] == "KILLED"
     parent = parents.run_id.iloc[0]

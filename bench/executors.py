@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
@@ -35,6 +39,8 @@ R = TypeVar("R")
 TASK_THREADS = 1  # torch threads and Ray CPUs per task
 CONNECT_TIMEOUT_S = 5.0  # probe of --ray-address before Ray's own (minutes-long) connection retries
 LOCAL_STORE_SCHEMES = ("", "file", "sqlite")  # stores that live on this machine's disk
+STOP_GRACE_S = 10.0  # how long a local cluster's processes get to exit after ray.shutdown
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def serial(fn: Callable[[T], R], tasks: Sequence[T], config: RunConfig) -> Iterator[R]:
@@ -48,9 +54,12 @@ def ray_cluster(fn: Callable[[T], R], tasks: Sequence[T], config: RunConfig) -> 
     as itself (a BenchError stays one), and the tasks still pending are cancelled."""
     import ray
 
-    started = connect(config.ray_address)
+    local = config.ray_address is None
+    ours = LocalProcesses() if local else None
+    started = False
     pending = []
     try:
+        started = connect(config.ray_address)
         require_shared_store(config.tracking_uri, {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]},
                              ray.util.get_node_ip_address())
         gpus = 1 if config.device.startswith("cuda") else 0
@@ -69,8 +78,10 @@ def ray_cluster(fn: Callable[[T], R], tasks: Sequence[T], config: RunConfig) -> 
     finally:
         for ref in pending:
             ray.cancel(ref)
-        if started:
+        if started or (local and ray.is_initialized()):  # also a start that Ctrl-C cut short
             ray.shutdown()
+        if ours is not None:
+            ours.stop()
 
 
 def _call(fn: Callable[[T], R], task: T) -> R:
@@ -112,6 +123,78 @@ def probe(address: str) -> None:
             f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the cluster "
             "(`ray start --head` on its head node) or leave --ray-address out to start a local one"
         ) from None
+
+
+class LocalProcesses:
+    """Makes sure a local Ray cluster leaves no process behind, even when Ctrl-C reaches its processes
+    before ``ray.shutdown`` does (the raylet then dies first and its agents, orphaned, live on).
+
+    Linux: this process becomes a child subreaper while the cluster runs, so processes orphaned
+    below it are re-parented to it instead of init; ``stop`` gives the processes that appeared
+    below it since then a few seconds to exit, kills the rest, and reaps them. Elsewhere: nothing.
+    """
+
+    def __init__(self) -> None:
+        self.before = descendants()
+        self.subreaper = _set_child_subreaper(True)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        if not self.subreaper:
+            return
+        spawned: set[int] = set()
+        deadline = time.monotonic() + grace_s
+        while (left := descendants() - self.before) and time.monotonic() < deadline:
+            spawned |= left
+            _reap(spawned)
+            time.sleep(0.1)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap(spawned | left, block=True)
+        _set_child_subreaper(False)
+
+
+def descendants(root: int | None = None) -> set[int]:
+    """Pids of the living processes below ``root`` (default: this process); Linux ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [os.getpid() if root is None else root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _set_child_subreaper(on: bool) -> bool:
+    """``prctl(PR_SET_CHILD_SUBREAPER)`` for this process; False where it is not available."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap(pids: set[int], block: bool = False) -> None:
+    """Collect the exit status of those of ``pids`` that are children of this process (orphans
+    re-parented here) and have ended (``block``: wait for them)."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # not our child, or already collected
+            pass
 
 
 def require_shared_store(tracking_uri: str | None, nodes: set[str], here: str) -> None:

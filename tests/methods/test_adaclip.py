@@ -1,4 +1,4 @@
-"""AdaCLIP (methods/adaclip.py): the map, HSF, image-score and loss formulas pinned by hand on tiny
+"""AdaCLIP (bench/methods/adaclip.py): the map, HSF, image-score and loss formulas pinned by hand on tiny
 inputs, the prompted text tower against a hand loop, the official checkpoint keys, the errors,
 training, and a `bench run` smoke test on a random ViT-B-32.
 

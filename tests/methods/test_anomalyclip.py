@@ -1,4 +1,4 @@
-"""AnomalyCLIP (methods/anomalyclip.py): the map, image-score and training-loss formulas pinned by
+"""AnomalyCLIP (bench/methods/anomalyclip.py): the map, image-score and training-loss formulas pinned by
 hand on a fake CLIP, the learned text forward pinned against open_clip's own ``encode_text`` with
 the learned tokens put in by hooks, prompt checkpoints (the official key names on a fabricated
 state dict, and ours), the errors, training, and a `bench run` smoke test on a random ViT-B-32."""

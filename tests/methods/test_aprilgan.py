@@ -1,4 +1,4 @@
-"""APRIL-GAN (methods/aprilgan.py): the map and score formulas pinned by hand on a fake CLIP, the
+"""APRIL-GAN (bench/methods/aprilgan.py): the map and score formulas pinned by hand on a fake CLIP, the
 prompt ensemble, adapter checkpoints (ours and the official key names), the errors, training, and
 shapes / a `bench run` smoke test on a random ViT-B-32.
 

@@ -1,4 +1,4 @@
-"""``external`` (methods/external.py): maps made elsewhere, read by sample key; FeatureSet keys."""
+"""``external`` (bench/methods/external.py): maps made elsewhere, read by sample key; FeatureSet keys."""
 from __future__ import annotations
 
 import csv

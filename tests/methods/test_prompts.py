@@ -1,4 +1,4 @@
-"""What the CLIP methods share about text (methods/_prompts.py): sentence ensembles, the class
+"""What the CLIP methods share about text (bench/methods/_prompts.py): sentence ensembles, the class
 embedding by hand (normalised and raw sentence means), the object name and its cache, the CLIP check."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VCP-CLIP (methods/vcpclip.py): Pre-VCP, Post-VCP, the prompted text tower, the maps and image
+"""VCP-CLIP (bench/methods/vcpclip.py): Pre-VCP, Post-VCP, the prompted text tower, the maps and image
 scores pinned against hand computations (loops, the official placeholder construction), the
 official checkpoint's key mapping on a fabricated state dict, our own format, the errors, the
 training augmentation and training, and a `bench run` smoke test on a random ViT-B-32.

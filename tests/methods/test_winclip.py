@@ -1,4 +1,4 @@
-"""WinCLIP (methods/winclip.py): the map and score formulas pinned by hand on a fake CLIP with
+"""WinCLIP (bench/methods/winclip.py): the map and score formulas pinned by hand on a fake CLIP with
 hand-made window and text embeddings, the prompt ensemble, the backbone options, the errors, and a
 random open_clip ViT / `bench run` smoke test.
 

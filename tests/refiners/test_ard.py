@@ -1,4 +1,4 @@
-"""ARD refiner (refiners/ard.py): architecture, coarse-map normalisation, learning.
+"""ARD refiner (bench/refiners/ard.py): architecture, coarse-map normalisation, learning.
 
 The contract every trained decoder shares (shapes, gradients, ablation, unknown options and
 coarse_norm rejected, carry-over, determinism) is tested in test_trainable_contract.py.

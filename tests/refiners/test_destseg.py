@@ -1,4 +1,4 @@
-"""DeSTSeg decoder (refiners/destseg.py): architecture, loss, options, learning.
+"""DeSTSeg decoder (bench/refiners/destseg.py): architecture, loss, options, learning.
 
 The contract every trained decoder shares (shapes, gradients, ablation, carry-over, determinism)
 is tested in test_trainable_contract.py.

@@ -1,4 +1,4 @@
-"""Gaussian-smoothing refiner (refiners/gaussian.py): shapes, sigma=0, scipy agreement, kernel, options."""
+"""Gaussian-smoothing refiner (bench/refiners/gaussian.py): shapes, sigma=0, scipy agreement, kernel, options."""
 from __future__ import annotations
 
 import math

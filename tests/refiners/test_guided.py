@@ -1,4 +1,4 @@
-"""Guided-filter refiner (refiners/guided.py): shapes, reference loop, edge transfer, options."""
+"""Guided-filter refiner (bench/refiners/guided.py): shapes, reference loop, edge transfer, options."""
 from __future__ import annotations
 
 import numpy as np

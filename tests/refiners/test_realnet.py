@@ -1,4 +1,4 @@
-"""RealNet decoder (refiners/realnet.py): architecture, channel selection, loss, options, learning.
+"""RealNet decoder (bench/refiners/realnet.py): architecture, channel selection, loss, options, learning.
 
 The contract every trained decoder shares (shapes, gradients, ablation, carry-over, determinism;
 with and without the channel selection) is tested in test_trainable_contract.py.

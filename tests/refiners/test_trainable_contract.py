@@ -1,4 +1,4 @@
-"""The contract of every trainable refiner (refiners/_trainable.py and the decoders on it).
+"""The contract of every trainable refiner (bench/refiners/_trainable.py and the decoders on it).
 
 Each test runs over every refiner of ``bench.registry.REFINERS`` that reports ``trainable`` — a
 new decoder is covered without an edit here (give it small widths in ``refiner_inputs.SMALL`` for

@@ -23,7 +23,7 @@ teacher/student feature similarity (−t·s of L2-normalised ResNet-18 features 
 resized to the stride-4 grid); a denoising student is trained first. Here there is no student:
 the input is every FeatureSet layer of the frozen backbone resized (bilinear, anti-aliased when
 it shrinks) to the coarse map's grid, concatenated, plus the normalised coarse anomaly map as one
-extra channel — the same tensors ARD receives (``refiners/_trainable.py``), so that only the
+extra channel — the same tensors ARD receives (``bench/refiners/_trainable.py``), so that only the
 decoder differs. The image itself is not an input (DeSTSeg's segmentation network never sees it).
 
 Other deviations from the official code, all for a like-for-like comparison inside PGT:

@@ -35,7 +35,7 @@ at image resolution, ``steps`` optimiser steps on mini-batches drawn without rep
 seeded permutation per pass). Weights, optimiser state, the mini-batch generator and the stored
 coarse-map normalisation carry over from one ``fit`` to the next (PGT). The inputs, the
 normalisation, the fit loop and ``refine`` are the ones every trained decoder shares
-(``refiners/_trainable.py``); this file holds only ARD's network and loss.
+(``bench/refiners/_trainable.py``); this file holds only ARD's network and loss.
 """
 from __future__ import annotations
 

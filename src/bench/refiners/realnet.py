@@ -30,7 +30,7 @@ AFS-selected WideResNet-50 features and their reconstruction by a diffusion-styl
 stride 4 (1,536 channels, 512 selected). Here there is no reconstruction network: the input is
 every FeatureSet layer of the frozen backbone resized (bilinear, anti-aliased when it shrinks)
 to the coarse map's grid and concatenated — the same tensors ARD and DeSTSeg receive
-(``refiners/_trainable.py``), so that only the decoder differs — plus the normalised coarse
+(``bench/refiners/_trainable.py``), so that only the decoder differs — plus the normalised coarse
 anomaly map as one extra channel appended after the selection (never dropped by it). The image
 itself is not an input (RealNet's discriminator never sees it). The selection is applied only
 when it reduces the input, i.e. when ΣC > sum(``selection``) (ViT-L: 4 × 1,024 channels → 512);

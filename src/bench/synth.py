@@ -3,7 +3,7 @@
 PGT trains a refiner on pseudo-normal test images of a group with synthetic anomalies pasted on
 them (DESIGN.md section 4). Everything here is our own numpy/PIL code and is deterministic given
 a ``np.random.Generator``; it is independent of the embedded dataset's defect generator
-(``datasets/synthetic.py``), so a refiner cannot score well by learning that generator.
+(``bench/datasets/synthetic.py``), so a refiner cannot score well by learning that generator.
 
 Masks: DRAEM-style thresholded Perlin noise. The lattice resolution along each axis is
 ``2 ** k`` with ``k`` an integer drawn from ``[lo, hi)`` of ``perlin_scale_range`` (DRAEM draws

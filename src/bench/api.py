@@ -15,19 +15,22 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from bench.bootstrap import save, unit_statistics
 from bench.cache import FeatureCache, encode
 from bench.config import RunConfig
 from bench.data import open_dataset, select_categories
 from bench.errors import ConfigError, WeightsError
 from bench.evaluation import eval_masks, evaluate
 from bench.executors import EXECUTORS
+from bench.export import log_config, log_summary
+from bench.identity import run_name
 from bench.interfaces import Backbone, Dataset, Method
 from bench.protocol import PGTOutput, Stream, check_group_sizes, coarse_scores, make_groups, run_pgt
 from bench.records import Sample
 from bench.registry import BACKBONES, METHODS, REFINERS
 from bench.resume import ResumeState, start_or_resume
 from bench.timing import StageTimer
-from bench.tracking import Store, open_store
+from bench.tracking import REPLICATES, Store, open_store
 
 EMBEDDED_SEED = 0  # the embedded dataset is one fixed dataset, whatever the run's seed
 
@@ -227,9 +230,10 @@ class Runner:
         params = {**cfg.to_params(), "data_root": str(dataset.root.resolve()), "dataset_resolved": dataset.name,
                   "methods_resolved": ",".join(methods), "methods_skipped": ",".join(self.skipped) or "-"}
         # a new parent run, or the unfinished one of the same config (bench.resume)
-        state = self.resume_state = start_or_resume(
-            store, f"{dataset.name}:{','.join(methods)}:{','.join(refiners)}", params, cfg.resume)
+        state = self.resume_state = start_or_resume(store, run_name(dataset.name, methods, refiners, params), params,
+                                                    cfg.resume)
         parent = state.parent_id
+        log_config(store, parent, cfg, dataset.root)
         tasks = [Task(category, method_name, tuple(refiners)) for category in categories for method_name in methods
                  if not state.method_done(category, method_name, cfg.pgt.contamination, refiners)]
         try:
@@ -237,6 +241,7 @@ class Runner:
                 for seconds in tqdm(finished, total=len(tasks), desc="tasks", disable=not self.progress):
                     for stage, value in seconds.items():  # with Ray: summed over tasks that ran side by side
                         self.timer.add(stage, value)
+            log_summary(store, parent)
             store.log_metrics(parent, self.timer.as_metrics())
         except BaseException as exc:
             store.finish(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
@@ -314,9 +319,13 @@ class Runner:
                     unit = {"dataset": dataset.name, "method": method_name, "refiner": name,
                             "contamination": contamination, "category": category, "seed": cfg.seed}
                     metrics.update(group_metrics(output, name, built[name]))
-                    series = {f"loss_group{log.group}": log.losses[name] for log in output.log if name in log.losses}
+                    with self.timer.stage("bootstrap"):  # intervals and per-group metrics (bench.bootstrap)
+                        stats = unit_statistics(scores, stream.labels, resized, masks, groups, cfg.seed, category,
+                                                cfg.bootstrap)
+                    series = {**stats.series(), "loss": [v for log in output.log for v in log.losses.get(name, [])]}
+                    extra = [save(Path(tmp) / name / REPLICATES, stats.replicates)] if cfg.bootstrap else []
                     with self.timer.stage("logging"):
-                        store.log_unit(parent, unit, metrics, backbone_params, series, artifacts)
+                        store.log_unit(parent, unit, metrics, backbone_params, series, artifacts + extra)
 
     def artifacts(self, folder: Path, samples, stream, coarse, output: PGTOutput, masks, category: str) -> list[Path]:
         from bench.figures import save_grid

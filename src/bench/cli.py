@@ -184,7 +184,8 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
     """
     from bench.api import run as run_benchmark
     from bench.config import RunConfig, apply_overrides, load_yaml, parse_set
-    from bench.tables import PIXEL_METRICS, main_table, render, scoped
+    from bench.render import render
+    from bench.tables import default_metrics, main_table, scoped
 
     names = {"refiners": "refiners", "n_groups": "pgt.n_groups", "group_size": "pgt.group_size",
              "warmup": "pgt.warmup", "contamination": "pgt.contamination"}
@@ -195,8 +196,9 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
     apply_overrides(config, parse_set(overrides))
     summary = run_benchmark(config, progress=not quiet)
     click.echo(f"MLflow run {summary.parent_id} in {config.tracking_uri or config.out}")
-    for metric in scoped(PIXEL_METRICS, "g2k", summary.units):
-        click.echo("\n" + render(main_table(summary.units, metric)))
+    units = open_store_units(config, summary.parent_id)
+    for metric in scoped(default_metrics(units), "g2k", units):
+        click.echo("\n" + render(main_table(units, metric)))
     click.echo("\n_g2k: groups 2..k, the images a trained refiner refined (group 1 keeps coarse maps). "
                "`bench table --scope stream` shows the whole stream.")
 
@@ -223,7 +225,7 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
 
     from bench.data import open_dataset, select_categories
     from bench.evaluation import evaluate_maps
-    from bench.tables import render
+    from bench.render import frame_markdown
 
     ds = open_dataset(data_root, dataset)
     results = evaluate_maps(ds, select_categories(ds, categories), maps_root, eval_size, mask_threshold)
@@ -231,7 +233,7 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
         # an undefined metric (NaN, e.g. AUROC of a category without anomalies) is JSON null
         click.echo(json.dumps(_json_safe(results), indent=2))
     else:
-        click.echo(render(pd.DataFrame(results).T.rename_axis("category") * 100))
+        click.echo(frame_markdown(pd.DataFrame(results).T.rename_axis("category") * 100))
 
 
 def _json_safe(value):
@@ -243,56 +245,129 @@ def _json_safe(value):
     return value
 
 
+def open_store_units(config, parent_id: str):
+    """The units of a finished run with their bootstrap replicates, for the tables it prints."""
+    from bench.tracking import open_store
+
+    return open_store(config.out, config.tracking_uri, config.experiment).units(parent_id, replicates=True)
+
+
+def store_options(command):
+    """--out, --tracking-uri, --experiment and --runs: which runs of which store a reader reads."""
+    options = [
+        click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+                     help="Results folder holding mlflow.db."),
+        click.option("--tracking-uri", help="Read this MLflow tracking URI instead of <out>/mlflow.db."),
+        click.option("--experiment", default="bench", show_default=True),
+        click.option("--runs", default="latest", show_default=True,
+                     help="'latest' (the run that finished last), 'all' (every finished run: one block per "
+                          "configuration, mean over its seeds) or comma-separated run ids."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _selection(out: Path, tracking_uri: str | None, experiment: str, runs: str):
+    from bench.identity import select
+    from bench.tracking import open_store
+
+    store = open_store(out, tracking_uri, experiment)
+    selection = select(store, runs, replicates=True)
+    for note in selection.notes:
+        click.echo(f"Warning: {note}", err=True)
+    return store, selection
+
+
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Results folder holding mlflow.db.")
-@click.option("--tracking-uri", help="Read this MLflow tracking URI instead of <out>/mlflow.db.")
-@click.option("--experiment", default="bench", show_default=True)
+@store_options
 @click.option("--kind", type=click.Choice(["main", "decoders", "contamination"]), default="main", show_default=True,
               help="main: categories × methods with refiners side by side and the gain over none; "
                    "decoders: per method, refiners as rows (mean ± std over seeds, best in bold) with their cost; "
-                   "contamination: pixel metrics per pseudo-normal contamination ratio.")
-@click.option("--metric", "metrics", multiple=True, help="Metric(s) of the table (default: the four pixel metrics).")
+                   "contamination: metrics per pseudo-normal contamination ratio.")
+@click.option("--metric", "metrics", multiple=True,
+              help="Metric(s) of the table (default: the four pixel metrics, or the image metrics of a store "
+                   "without pixel metrics).")
 @click.option("--scope", type=click.Choice(["g2k", "stream"]), default="g2k", show_default=True,
               help="g2k: groups 2..k, the images that a trained refiner refined; stream: every test image "
                    "(group 1 keeps its coarse maps unless --warmup self).")
-@click.option("--runs", default="latest", show_default=True, help="'latest' (the run that finished last), 'all' (every finished run, averaged over seeds) or comma-separated run ids.")
-@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True,
+              help="csv: one table of numbers (value, std, gain, ci_low, ci_high, wins, ... per row).")
 @friendly
 def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metrics: tuple[str, ...], scope: str,
           runs: str, fmt: str) -> None:
     """Render paper-style tables from the MLflow store.
 
+    Values are mean ± std over seeds (plain for one seed); each gain over none has a 95% paired
+    bootstrap interval over the test images, marked * when it excludes 0; "wins" counts the
+    (category, seed) pairs in which a refiner beats none. Runs of different configurations are
+    never averaged: --runs all shows one block per configuration.
+
     \b
     Examples:
       bench table
       bench table --kind contamination --format latex
-      bench table --kind decoders --runs all      # mean ± std over the seeds of every run
-      bench table --runs all --metric pixel_ap
+      bench table --kind decoders --runs all      # mean ± std over the seeds of each configuration
+      bench table --runs all --metric pixel_ap --format csv
     """
-    from bench.tables import PIXEL_METRICS, contamination_table, decoder_table, main_table, render, scoped
-    from bench.tracking import open_store
+    import pandas as pd
 
-    store = open_store(out, tracking_uri, experiment)
-    if runs == "all":
-        parents = store.parents()
-        # finished runs only: an interrupted run's partial results would skew a mean over seeds
-        ids = list(parents[parents.status == "FINISHED"].run_id) if not parents.empty else []
-        if not ids:
-            raise BenchError("--runs all: the MLflow store holds no finished bench run yet")
-    elif runs == "latest":
-        ids = None
-    else:
-        ids = [r.strip() for r in runs.split(",")]
-    units = store.units(ids)
-    if kind == "decoders":
-        click.echo(render(decoder_table(units, scoped(tuple(metrics) or PIXEL_METRICS, scope, units)), fmt))
+    from bench.render import render
+    from bench.tables import contamination_table, decoder_table, default_metrics, main_table, scoped
+
+    _, selection = _selection(out, tracking_uri, experiment, runs)
+    blocks = selection.blocks()
+    frames, texts = [], []
+    for config, units in blocks:
+        if kind == "decoders":
+            tables = [decoder_table(units, scoped(tuple(metrics) or default_metrics(units), scope, units))]
+        elif kind == "contamination":
+            names = tuple(metrics) or tuple(m for m in ("pixel_ap", "pixel_aupro") if m in units) or default_metrics(units)[:2]
+            tables = [contamination_table(units, tuple(scoped(names, scope, units)))]
+        else:
+            tables = [main_table(units, m) for m in scoped(tuple(metrics) or default_metrics(units), scope, units)]
+        if fmt == "csv":
+            frames += [t.numbers.assign(config=config) for t in tables]
+            continue
+        title = selection.title(config, units)
+        texts.append(("## " if fmt == "md" else "% ") + title if len(blocks) > 1 else "")
+        texts += [render(t, fmt) + "\n" for t in tables]
+    click.echo(pd.concat(frames).to_csv(index=False, float_format="%.6g").rstrip("\n") if fmt == "csv"
+               else "\n".join(t for t in texts if t))
+
+
+@main.command("export")
+@store_options
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="csv: the tidy table; json: the same rows with each configuration, its runs' git commit "
+                   "and package versions.")
+@click.option("--output", type=click.Path(path_type=Path), help="Write to this file (default: standard output).")
+@friendly
+def export(out: Path, tracking_uri: str | None, experiment: str, runs: str, fmt: str, output: Path | None) -> None:
+    """Export results as one tidy table: a row per unit, metric and scope (statistic 'value') and per
+    gain over none (statistic 'gain'), with 95% bootstrap intervals; values are fractions.
+
+    \b
+    Columns: dataset, method, refiner, category, seed, contamination, scope, metric, statistic,
+    value, ci_low, ci_high, run_id, config_hash (the configuration without its seed).
+
+    \b
+    Examples:
+      bench export --runs all --output results.csv
+      bench export --runs all --format json --output results.json
+    """
+    from bench.export import results_document, tidy, write
+
+    store, selection = _selection(out, tracking_uri, experiment, runs)
+    text = write(tidy(selection) if fmt == "csv" else results_document(store, selection), fmt)
+    if output is None:
+        click.echo(text)
         return
-    if kind == "contamination":
-        names = scoped(tuple(metrics) or ("pixel_ap", "pixel_aupro"), scope, units)
-        click.echo(render(contamination_table(units, tuple(names)), fmt))
-        return
-    for metric in scoped(tuple(metrics) or PIXEL_METRICS, scope, units):
-        click.echo(render(main_table(units, metric), fmt) + "\n")
+    try:
+        output.write_text(text + "\n")
+    except OSError as exc:
+        raise BenchError(f"--output {output}: cannot write it ({exc.strerror})") from None
+    click.echo(f"wrote {output}", err=True)
 
 
 @main.command()

@@ -54,6 +54,7 @@ class RunConfig:
     executor: str = "serial"  # where the tasks (category × method) run: "serial" here, or "ray" (bench.executors)
     ray_address: str | None = None  # executor "ray": the cluster's address; None: a local cluster for this run
     figures: int = 4  # anomalous samples per category in the figure grid (0: none)
+    bootstrap: int = 1000  # paired-bootstrap resamples of each unit's test images for intervals (bench.bootstrap); 0: none
     pgt: PGTConfig = field(default_factory=PGTConfig)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     refiner_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -72,6 +73,7 @@ class RunConfig:
             (self.eval_size >= 0, "eval_size", self.eval_size, "0 (backbone input size) or a positive integer"),
             (0 < self.mask_threshold < 1, "mask_threshold", self.mask_threshold, "in (0, 1)"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
+            (self.bootstrap == 0 or self.bootstrap >= 100, "bootstrap", self.bootstrap, "0 (no intervals) or >= 100"),
             (isinstance(self.cache, bool), "cache", self.cache, "true or false"),
             (isinstance(self.resume, bool), "resume", self.resume, "true or false"),
             (self.executor in EXECUTORS, "executor", self.executor, " or ".join(map(repr, EXECUTORS))),
@@ -105,9 +107,32 @@ class RunConfig:
                                   "CUDA device(s), numbered from 0")
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain data (lists, strings, numbers, None): what ``to_yaml`` writes."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        """The config as a YAML file that ``bench run --config`` reads back to the same config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def to_params(self) -> dict[str, str]:
-        """Flat ``{dotted.name: value}`` view, as logged to MLflow."""
-        return {k: str(v) for k, v in _flatten(dataclasses.asdict(self)).items()}
+        """Flat ``{dotted.name: value}`` view, as logged to MLflow: each value in YAML (``[0.0]``,
+        ``null``, ``true``), so ``--set name=value`` takes it back as it is."""
+        return {k: yaml_value(v) for k, v in _flatten(self.to_dict()).items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def yaml_value(value: Any) -> str:
+    """One value as inline YAML: ``0.5``, ``[0.0, 0.1]``, ``null``, ``{steps: 2}``."""
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, width=2**31).strip()
+    return text.removesuffix("...").strip()
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,17 +1,26 @@
-"""Paper-style tables rendered from the units logged in the MLflow store (markdown, LaTeX, CSV)."""
+"""Paper-style tables from the units logged in the MLflow store: main, decoders, contamination.
+
+Each builder returns a ``bench.render.Table``: text cells for markdown and LaTeX, and a tidy
+frame of the numbers behind them for CSV. Values are in points (percent); a value is
+``mean ± std`` over seeds where there are several (sample std), a plain number for one seed.
+Gains over ``none`` carry their paired-bootstrap 95% interval and a ``*`` when it excludes 0
+(``bench.gains``); the consistency row counts the (category, seed) pairs a refiner wins.
+"""
 from __future__ import annotations
 
-import re
-
+import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
 from bench.errors import BenchError
+from bench.gains import BASELINE, MEAN, gain_table
+from bench.render import Table, number
 
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
-FORMATS = ("md", "latex", "csv")
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 SCOPES = ("g2k", "stream")  # groups 2..k (what a trained refiner refined) or the whole test stream
-BASELINE = "none"
+NAMES = {"auroc": "AUROC", "ap": "AP", "f1_max": "F1-max", "aupro": "AUPRO", "aupro_binned": "AUPRO (binned)"}
+SHORT = {"pixel_aupro": "AUPRO"}
+COST_COLUMNS = {"n_parameters": "params", "train_seconds_per_group": "train s/group", "refine_ms_per_image": "refine ms/img"}
 
 
 def scoped(metrics: tuple[str, ...], scope: str, units: pd.DataFrame) -> list[str]:
@@ -26,100 +35,178 @@ def scoped(metrics: tuple[str, ...], scope: str, units: pd.DataFrame) -> list[st
     return [f"{m}_g2k" if f"{m}_g2k" in units else m for m in metrics]
 
 
-def _mean_over_seeds(units: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    if metric not in units:
-        raise BenchError(f"metric {metric!r} is not in the store; logged metrics: {', '.join(sorted(_metric_names(units)))}")
-    return units.groupby(keys, dropna=False)[metric].mean().reset_index()
+def default_metrics(units: pd.DataFrame) -> tuple[str, ...]:
+    """The pixel metrics when the store holds them, else the image metrics (datasets without masks)."""
+    held = [m for m in PIXEL_METRICS if m in units and units[m].notna().any()]
+    return PIXEL_METRICS if held else IMAGE_METRICS
 
 
-def _metric_names(units: pd.DataFrame) -> list[str]:
-    return [c for c in units.columns if c not in ("dataset", "method", "refiner", "contamination", "category", "seed")]
+def metric_label(name: str) -> str:
+    """``pixel_ap_g2k`` → ``pixel AP (groups 2..k)``; other keys with spaces for underscores."""
+    base, scope = (name[:-4], " (groups 2..k)") if name.endswith("_g2k") else (name, "")
+    kind, _, rest = base.partition("_")
+    if base in SHORT:
+        return SHORT[base] + scope
+    if kind in ("pixel", "image") and rest in NAMES:
+        return f"{kind} {NAMES[rest]}{scope}"
+    return base.replace("_", " ") + scope
 
 
-def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> pd.DataFrame:
-    """Rows: categories and their unweighted mean; per method, refiners side by side and the gain over ``none``.
-
-    Uses the units without contamination; values in percent, averaged over seeds when several.
-    """
-    clean = units[units.contamination == units.contamination.min()]
-    frame = _mean_over_seeds(clean, ["method", "refiner", "category"], metric)
-    table = frame.pivot_table(index="category", columns=["method", "refiner"], values=metric, dropna=False) * 100
-    table.loc["Mean"] = table.mean(axis=0, skipna=False)  # undefined in one category: undefined mean
-    columns = {}
-    for method in table.columns.get_level_values(0).unique():
-        refiners = list(table[method].columns)
-        ordered = [BASELINE] * (BASELINE in refiners) + [r for r in refiners if r != BASELINE]
-        for refiner in ordered:
-            columns[f"{method} {refiner}"] = table[(method, refiner)]
-            if refiner != BASELINE and BASELINE in refiners:
-                columns[f"{method} Δ{refiner}"] = table[(method, refiner)] - table[(method, BASELINE)]
-    return pd.DataFrame(columns).rename_axis(f"{metric} (%)")
+def _short(name: str) -> str:
+    """``pixel_ap_g2k`` → ``AP``: the metric's name alone, for compact cells."""
+    return NAMES.get(name.removesuffix("_g2k").partition("_")[2], name)
 
 
-def contamination_table(units: pd.DataFrame, metrics: tuple[str, ...] = ("pixel_ap", "pixel_aupro")) -> pd.DataFrame:
-    """Rows: contamination ratios; columns: method, refiner and metric, mean over categories (percent)."""
-    columns = {}
+def _percent(name: str) -> bool:
+    return name.split("_")[0] in ("pixel", "image")
+
+
+def _check(units: pd.DataFrame, metrics) -> None:
     for metric in metrics:
-        frame = _mean_over_seeds(units, ["method", "refiner", "contamination", "category"], metric)
-        means = frame.groupby(["method", "refiner", "contamination"])[metric].mean() * 100
-        for (method, refiner), series in means.groupby(level=[0, 1]):
-            columns[f"{method} {refiner} {metric}"] = series.droplevel([0, 1])
-    return pd.DataFrame(columns).rename_axis("contamination")
+        if metric not in units:
+            names = sorted(c for c in units.columns if units[c].dtype.kind == "f" and c != "contamination")
+            raise BenchError(f"metric {metric!r} is not in the store; logged metrics: {', '.join(names)}")
 
 
-COST_COLUMNS = {"n_parameters": "params", "train_seconds_per_group": "train s/group", "refine_ms_per_image": "refine ms/img"}
+def _value(mean: float, std: float, n: int, digits: int = 1) -> str:
+    return number(mean, digits) + (f" ± {number(std, digits)}" if n > 1 and np.isfinite(std) else "")
 
 
-def decoder_table(units: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per method, refiners as rows: each metric's category mean (percent) as mean ± std over seeds,
-    the best mean per column in bold, and each refiner's cost."""
-    clean = units[units.contamination == units.contamination.min()]
-    rows = []
-    for (method, refiner), unit in clean.groupby(["method", "refiner"]):
-        per_seed = unit.groupby("seed")[metrics].mean() * 100  # category mean, per seed
-        row = {"method": method, "refiner": refiner}
-        for metric in metrics:
-            row[metric] = (per_seed[metric].mean(), per_seed[metric].std(ddof=0))
-        for key, name in COST_COLUMNS.items():
-            row[name] = unit[key].mean() if key in unit else float("nan")
-        rows.append(row)
-    frame = pd.DataFrame(rows)
+def _gain(gain: float, low: float, high: float, significant: bool) -> str:
+    text = number(gain, signed=True) + ("*" if significant else "")
+    return text + (f" [{number(low, signed=True)}, {number(high, signed=True)}]" if np.isfinite(low) else "")
+
+
+def _clean(units: pd.DataFrame) -> pd.DataFrame:
+    return units[units.contamination == units.contamination.min()]
+
+
+def _ordered(refiners) -> list[str]:
+    refiners = list(dict.fromkeys(refiners))
+    return [BASELINE] * (BASELINE in refiners) + [r for r in refiners if r != BASELINE]
+
+
+def _seed_stats(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """Mean, sample std and count over seeds of ``metric`` per ``keys`` (category mean per seed with MEAN)."""
+    per_category = frame.groupby([*keys, "category", "seed"], dropna=False)[metric].mean().reset_index()
+    per_seed_mean = per_category.groupby([*keys, "seed"], dropna=False)[metric].agg(lambda v: v.mean(skipna=False))
+    stats = [per_category.groupby([*keys, "category"], dropna=False)[metric].agg(["mean", "std", "count"]),
+             per_seed_mean.groupby(keys, dropna=False).agg(["mean", "std", "count"]).assign(category=MEAN)
+             .set_index("category", append=True)]
+    return pd.concat(stats)
+
+
+def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> Table:
+    """Rows: categories and their unweighted mean, then the consistency count; per method, refiners
+    side by side and each one's gain over ``none`` with its interval. Units without contamination."""
+    _check(units, [metric])
+    clean = _clean(units)
+    scale = 100 if _percent(metric) else 1
+    stats = _seed_stats(clean, ["method", "refiner"], metric)
+    gains = gain_table(clean, [metric]).set_index(["method", "refiner", "category"])
+    categories = [*sorted(clean.category.unique()), MEAN]
+    columns, cells, numbers, bold = [("", "category")], {c: [c] for c in categories}, {}, set()
+    for method in dict.fromkeys(clean.method):
+        refiners = _ordered(clean[clean.method == method].refiner)
+        values = {}  # category -> [(value, column)] of this method: the best is bold
+        for refiner in refiners:
+            columns.append((method, refiner))
+            for category in categories:
+                mean, std, n = (stats.loc[(method, refiner, category)] if (method, refiner, category) in stats.index
+                                else (np.nan, np.nan, 0))
+                cells[category].append(_value(scale * mean, scale * std, int(n)))
+                values.setdefault(category, []).append((scale * mean, len(columns) - 1))
+                numbers[(method, refiner, category)] = dict(metric=metric, method=method, refiner=refiner,
+                                                            category=category, value=scale * mean, std=scale * std,
+                                                            n_seeds=int(n))
+        for r, category in enumerate(categories):
+            top = max((v for v, _ in values[category] if np.isfinite(v)), default=np.nan)
+            bold |= {(r, column) for v, column in values[category] if v == top}
+        for refiner in refiners[1:] if refiners[0] == BASELINE else []:
+            columns.append((method, f"Δ{refiner}"))
+            for category in categories:
+                g = gains.loc[(method, refiner, category)] if (method, refiner, category) in gains.index else None
+                cells[category].append("" if g is None else _gain(scale * g.gain, scale * g.ci_low, scale * g.ci_high,
+                                                                     g.significant))
+                if g is not None:
+                    numbers[(method, refiner, category)].update(
+                        gain=scale * g.gain, ci_low=scale * g.ci_low, ci_high=scale * g.ci_high,
+                        significant=int(g.significant), wins=g.wins, pairs=g.pairs)
+    rows = [cells[c] for c in categories]
+    wins = ["wins vs none"] + [
+        f"{int(gains.loc[(m, name[1:], MEAN)].wins)}/{int(gains.loc[(m, name[1:], MEAN)].pairs)}"
+        if name.startswith("Δ") and (m, name[1:], MEAN) in gains.index else "" for m, name in columns[1:]]
+    unit = " (%)" if _percent(metric) else ""
+    return Table(columns, rows + ([wins] if any(wins[1:]) else []), pd.DataFrame(list(numbers.values())),
+                 caption=f"{metric_label(metric)}{unit}; mean over seeds; gains over none with 95% paired-bootstrap "
+                         "intervals (* excludes 0)",
+                 label=f"tab:{metric.replace('_', '-')}", bold=bold,
+                 rules={len(categories) - 1} | ({len(categories)} if any(wins[1:]) else set()),
+                 notes=["Marked *: the 95% interval excludes 0. wins: (category, seed) pairs where the refiner beats none."])
+
+
+def decoder_table(units: pd.DataFrame, metrics: list[str]) -> Table:
+    """Per method, refiners as rows: each metric's category mean as mean ± std over seeds (best in
+    bold), in how many (category, seed) pairs the refiner beats ``none`` per metric, and its cost."""
+    _check(units, metrics)
+    clean = _clean(units)
+    gains = gain_table(clean, metrics)
+    gains = gains[gains.category == MEAN].set_index(["method", "refiner", "metric"])
+    stats = {m: _seed_stats(clean, ["method", "refiner"], m) for m in metrics}
+    columns = [("", "method"), ("", "refiner"), *[("", metric_label(m)) for m in metrics], ("", "wins vs none"),
+               *[("", name) for name in COST_COLUMNS.values()]]
+    rows, numbers, bold, rules = [], [], set(), set()
+    for method in dict.fromkeys(clean.method):
+        if rows:
+            rules.add(len(rows))
+        first = len(rows)
+        for refiner in _ordered(clean[clean.method == method].refiner):
+            unit = clean[(clean.method == method) & (clean.refiner == refiner)]
+            row, record = [method, refiner], dict(method=method, refiner=refiner)
+            for metric in metrics:
+                mean, std, n = stats[metric].loc[(method, refiner, MEAN)]
+                scale = 100 if _percent(metric) else 1
+                row.append(_value(scale * mean, scale * std, int(n)))
+                record.update({metric: scale * mean, f"{metric}_std": scale * std, "n_seeds": int(n)})
+                if (method, refiner, metric) in gains.index:
+                    g = gains.loc[(method, refiner, metric)]
+                    record.update({f"{metric}_gain": scale * g.gain, f"{metric}_ci_low": scale * g.ci_low,
+                                   f"{metric}_ci_high": scale * g.ci_high, f"{metric}_wins": g.wins,
+                                   f"{metric}_pairs": g.pairs})
+            row.append(", ".join(f"{_short(m)} {int(gains.loc[(method, refiner, m)].wins)}/"
+                                 f"{int(gains.loc[(method, refiner, m)].pairs)}"
+                                 for m in metrics if (method, refiner, m) in gains.index) or "-")
+            for key, name in COST_COLUMNS.items():
+                value = unit[key].mean() if key in unit else float("nan")
+                record[key] = value
+                row.append(("0" if not value else f"{value / 1e6:.2f}M") if key == "n_parameters" else number(value))
+            rows.append(row)
+            numbers.append(record)
+        for c, metric in enumerate(metrics, start=2):
+            values = [numbers[r][metric] for r in range(first, len(rows))]
+            top = np.nanmax(values) if np.isfinite(values).any() else np.nan
+            bold |= {(r, c) for r in range(first, len(rows)) if numbers[r][metric] == top}
+    n_seeds = clean.seed.nunique()
+    return Table(columns, rows, pd.DataFrame(numbers),
+                 caption=f"Refiners in the same protocol: category mean over {n_seeds} seed(s) (%), best in bold, "
+                         "wins over none per (category, seed), cost", label="tab:decoders", bold=bold, rules=rules)
+
+
+def contamination_table(units: pd.DataFrame, metrics: tuple[str, ...] = ("pixel_ap", "pixel_aupro")) -> Table:
+    """Rows: contamination ratios; columns: method, refiner and metric, mean over categories (± std over seeds)."""
+    _check(units, metrics)
+    ratios = sorted(units.contamination.unique())
+    columns, rows, numbers = [("", "contamination")], [[f"{r:g}"] for r in ratios], []
     for metric in metrics:
-        best = frame.groupby("method")[metric].transform(lambda cells: max(m for m, _ in cells))
-        frame[metric] = [_cell(m, s, m == b) for (m, s), b in zip(frame[metric], best)]
-    frame["params"] = frame["params"].map(lambda n: f"{n / 1e6:.2f}M" if n else "0")
-    frame["train s/group"] = frame["train s/group"].map(lambda t: f"{t:.1f}")
-    frame["refine ms/img"] = frame["refine ms/img"].map(lambda t: f"{t:.1f}")
-    frame.index = frame.pop("method") + " / " + frame.pop("refiner")
-    return frame.rename_axis(f"method / refiner (% over {clean.seed.nunique()} seed(s))")
-
-
-def _cell(mean: float, std: float, best: bool) -> str:
-    text = f"{mean:.1f} ± {std:.1f}"
-    return f"**{text}**" if best else text
-
-
-def render(table: pd.DataFrame, fmt: str = "md", digits: int = 1) -> str:
-    """A table as GitHub markdown, LaTeX (booktabs; ``**x**`` cells become ``\\textbf{x}``) or CSV."""
-    if fmt == "csv":
-        return table.to_csv(float_format=f"%.{digits + 2}f")
-    if fmt not in FORMATS:
-        raise BenchError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    headers = [table.index.name or "", *table.columns]
-    table = table.astype(object).where(table.notna(), None)  # NaN (an undefined metric) prints as "undef"
-    if fmt == "md":
-        return tabulate(table, headers=headers, tablefmt="github", floatfmt=f".{digits}f", missingval="undef")
-    escaped = table.rename(index=_latex, columns=_latex).map(lambda v: _latex(v) if isinstance(v, str) else v)
-    escaped = escaped.astype(object).where(escaped.notna(), None)
-    text = tabulate(escaped, headers=[_latex(h) for h in headers], tablefmt="latex_raw",
-                    floatfmt=f".{digits}f", missingval="undef")
-    rules = iter(["\\toprule", "\\midrule", "\\bottomrule"])
-    return "\n".join(next(rules, line) if line.strip() == "\\hline" else line for line in text.splitlines())
-
-
-def _latex(text: object) -> object:
-    """Escape LaTeX specials; ``**x**`` (best cell) becomes ``\\textbf{x}``."""
-    if not isinstance(text, str):
-        return text
-    text = re.sub(r"([_%&#$])", r"\\\1", text).replace("±", "$\\pm$")
-    return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)
+        stats = _seed_stats(units, ["method", "refiner", "contamination"], metric)
+        scale = 100 if _percent(metric) else 1
+        for method, refiner in dict.fromkeys(zip(units.method, units.refiner)):
+            columns.append((f"{method} {refiner}", metric_label(metric)))
+            for i, ratio in enumerate(ratios):
+                key = (method, refiner, ratio, MEAN)
+                mean, std, n = stats.loc[key] if key in stats.index else (np.nan, np.nan, 0)
+                rows[i].append(_value(scale * mean, scale * std, int(n)))
+                numbers.append(dict(metric=metric, method=method, refiner=refiner, contamination=ratio,
+                                    value=scale * mean, std=scale * std, n_seeds=int(n)))
+    return Table(columns, rows, pd.DataFrame(numbers), caption="Pseudo-normal contamination: mean over categories (%)",
+                 label="tab:contamination")

@@ -9,13 +9,17 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import platform
 import random
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pandas as pd
 from mlflow.entities import Metric, Param
@@ -23,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from bench.errors import BenchError
 
+REPLICATES = "bootstrap.npz"  # a unit's bootstrap replicates (bench.bootstrap)
 UNIT_KEYS = ("dataset", "method", "refiner", "contamination", "category", "seed")
 _PACKAGES = ("anorefiner-bench", "torch", "torchvision", "open_clip_torch", "mlflow", "numpy", "scikit-learn")
 
@@ -168,7 +173,7 @@ class Store:
         unit: dict[str, str],
         metrics: dict[str, float],
         params: dict[str, str],
-        series: dict[str, list[float]] | None = None,
+        series: dict[str, list[float] | dict[int, float]] | None = None,
         artifacts: list[Path] = (),
     ) -> str:
         """One nested run holding a unit's metrics, parameters, curves and artifacts."""
@@ -193,15 +198,43 @@ class Store:
     def _log(self, run_id: str, params=None, metrics=None, series=None) -> None:
         params = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         points = [Metric(k, float(v), 0, 0) for k, v in (metrics or {}).items() if v is not None]
-        for key, values in (series or {}).items():
-            points += [Metric(key, float(v), 0, step) for step, v in enumerate(values)]
+        for key, values in (series or {}).items():  # a list (steps 0, 1, ...) or {step: value}
+            steps = values.items() if isinstance(values, dict) else enumerate(values)
+            points += [Metric(key, float(v), 0, step) for step, v in steps if v is not None and not math.isnan(v)]
         for i in range(0, max(len(params), len(points), 1), 100):  # MLflow's batch limits
             self.client.log_batch(run_id, metrics=points[i : i + 100], params=params[i : i + 100])
 
     def parents(self) -> pd.DataFrame:
-        runs = self.client.search_runs([self.experiment_id], "tags.`bench.level` = 'parent'", order_by=["attributes.start_time DESC"])
-        return pd.DataFrame([{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-                              "start_time": r.info.start_time, "end_time": r.info.end_time} for r in runs])
+        """Every ``bench run`` parent, newest first: run id, name, status, times, seed and parameters."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "tags.`bench.level` = 'parent'",
+                                           order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                break
+        columns = ["run_id", "name", "status", "start_time", "end_time", "seed", "params", "tags"]
+        return pd.DataFrame([[r.info.run_id, r.info.run_name, r.info.status, r.info.start_time, r.info.end_time,
+                              r.data.params.get("seed"), dict(r.data.params), dict(r.data.tags)] for r in runs],
+                            columns=columns)
+
+    def replicates(self, run) -> dict | None:
+        """A unit run's bootstrap replicates (its ``bootstrap.npz`` artifact), or None if it has none.
+
+        Local artifact stores are read in place; others are downloaded (without a progress bar).
+        """
+        from bench.bootstrap import load
+
+        uri = run.info.artifact_uri
+        if uri.startswith("file:"):
+            path = Path(url2pathname(urlparse(uri).path)) / REPLICATES
+            return load(path) if path.is_file() else None
+        if not any(a.path == REPLICATES for a in self.client.list_artifacts(run.info.run_id)):
+            return None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with tempfile.TemporaryDirectory() as tmp:
+            return load(Path(self.client.download_artifacts(run.info.run_id, REPLICATES, tmp)))
 
     def children(self, parent_id: str) -> list:
         """Every (non-deleted) nested run under ``parent_id``, any status, all pages."""
@@ -215,8 +248,9 @@ class Store:
             if not token:
                 return runs
 
-    def units(self, parent_ids: str | list[str] | None = None) -> pd.DataFrame:
-        """Unit metrics of ``bench run`` runs, one row per unit.
+    def units(self, parent_ids: str | list[str] | None = None, replicates: bool = False) -> pd.DataFrame:
+        """Unit metrics of ``bench run`` runs, one row per unit, with its ``run_id`` and ``parent_id``
+        (and, with ``replicates``, a column of its bootstrap replicates, see ``bench.bootstrap``).
 
         Default: the latest run, i.e. the one that finished last (a resumed run finishes after it
         started), or, while none has finished, the one that started last.
@@ -234,6 +268,9 @@ class Store:
         rows = []
         for run in runs:
             row = {k: run.data.tags.get(f"bench.{k}") for k in UNIT_KEYS}
+            row.update(run_id=run.info.run_id, parent_id=run.data.tags.get("mlflow.parentRunId"))
+            if replicates:
+                row["replicates"] = self.replicates(run)
             row.update({k: (math.nan if v is None else v) for k, v in run.data.metrics.items()})
             rows.append(row)
         frame = pd.DataFrame(rows)

@@ -1,0 +1,208 @@
+"""Paired bootstrap over a category's test images, cheap enough to run with every unit.
+
+A gain over ``none`` is only worth printing with its uncertainty. The uncertainty that a run can
+measure is that of its test set: which images happened to be in it. So a unit's metrics are
+recomputed on ``resamples`` bootstrap resamples of its test images (stratified: normal and
+anomalous images are drawn separately, so that every resample defines every metric), and the
+resamples of a block are drawn from a seed made of the run's seed, the category and the scope
+alone. Every refiner of a block therefore sees the *same* resampled images: the difference of
+two refiners' replicates is a paired bootstrap replicate of the gain (``bench.gains``).
+
+Cost. Recomputing exact pixel metrics 1000 times is out of the question, so each image is reduced
+once to histograms of its pixel scores: normal pixels, anomalous pixels and, for AUPRO, the summed
+``1 / |region|`` of its anomalous pixels (a region never spans two images, so resampling images
+resamples whole regions and each copy counts again in the region total). A resample with weights
+``w`` (how often each image was drawn) is then the weighted sum ``w @ H``, and its metrics are read
+off one cumulative walk down the bins: one matrix product and a few (resamples × bins) array
+operations per metric family, instead of a pass over pixels. AUPRO needs no scheme of its own:
+its PRO curve is a weighted ROC curve, so the region-weight histogram makes it one more weighted
+sum. The bins adapt to the unit: a fine histogram on the top 20 bits of the scores'
+order-preserving keys (relative resolution 2^-11 whatever the scale) is cut into ``bins`` coarse
+bins, each holding at most 2/bins of the normal and 2/bins of the anomalous pixels. The binned
+metrics differ from the exact ones by at most a few hundredths of a point (tested in
+``tests/bench/test_bootstrap.py``); ``benchmarks/test_bootstrap_speed.py`` measures the cost as a
+fraction of the exact metrics' time. Image metrics are bootstrapped exactly (one bin per
+distinct image score).
+
+The same histograms give per-group pixel metrics (``group_metrics``): a group is a 0/1 weight
+vector, so PGT's progress from group to group costs nothing more to log.
+"""
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from bench.metrics import _keys
+
+RESAMPLES = 1000  # default number of bootstrap resamples (RunConfig.bootstrap)
+BINS = 256  # coarse bins of the pixel-score histograms
+STRIDE = 2  # pixel histograms use every STRIDE-th row and column (maps are smooth at that scale)
+FINE_BITS = 16  # fine histogram: 2^16 bins over the span of the keys
+FPR_LIMIT = 0.3  # AUPRO is integrated up to this false positive rate, as in bench.metrics
+_STACK = np.pad(ndimage.generate_binary_structure(2, 2)[None], ((1, 1), (0, 0), (0, 0)))  # 8-connected, per image
+
+
+@dataclass(frozen=True)
+class Histograms:
+    """Per-image histograms over shared bins, lowest scores in the first bin."""
+
+    negatives: np.ndarray  # (N, B) normal pixels per bin
+    positives: np.ndarray  # (N, B) anomalous pixels per bin
+    weights: np.ndarray  # (N, B) summed 1/|region| of the anomalous pixels per bin
+    regions: np.ndarray  # (N,) ground-truth regions per image
+
+    def metrics(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Pixel metrics of each row of image ``weights`` (R, N)."""
+        weights = weights.astype(np.float32)
+        return binned_metrics(weights @ self.negatives, weights @ self.positives, weights @ self.weights,
+                              weights @ self.regions)
+
+
+def pixel_histograms(maps: np.ndarray, masks: np.ndarray, bins: int = BINS, stride: int = STRIDE) -> Histograms:
+    """Histograms of each image's pixel scores; ``maps`` (N, H, W) float, ``masks`` (N, H, W) bool.
+
+    One pass over every ``stride``-th pixel: order-preserving keys, a pooled fine histogram that
+    places the coarse cuts, then one ``bincount`` of (image, coarse bin). Regions are the
+    8-connected components of the subsampled masks.
+    """
+    maps = np.ascontiguousarray(np.asarray(maps, np.float32)[:, ::stride, ::stride])
+    masks = np.ascontiguousarray(np.asarray(masks, bool)[:, ::stride, ::stride])
+    n, per = len(maps), maps[0].size
+    keys = _keys(maps).view(np.uint32) ^ np.uint32(2**31)  # order-preserving, unsigned
+    lo = keys.min()
+    shift = max(0, int(keys.max() - lo).bit_length() - FINE_BITS)
+    fine = (keys - lo) >> np.uint32(shift)
+    flat_mask = masks.reshape(-1)
+    n_fine = int(fine.max()) + 1
+    pos_fine = np.bincount(fine[flat_mask], minlength=n_fine)
+    neg_fine = np.bincount(fine, minlength=n_fine) - pos_fine
+    half = bins // 2  # a coarse bin ends where either class passes one of its half-bins quantiles
+    below = lambda counts: np.floor(half * (np.cumsum(counts) - counts) / max(counts.sum(), 1))  # noqa: E731
+    lut = (below(neg_fine) + below(pos_fine)).astype(np.int64)
+    n_bins = int(lut[-1]) + 1
+    coarse = lut[fine].reshape(n, per)
+    coarse += np.arange(n)[:, None] * n_bins
+    coarse = coarse.reshape(-1)
+    total = np.bincount(coarse, minlength=n * n_bins)
+    anomalous = np.flatnonzero(masks.reshape(n, -1).any(1))
+    regions, _ = ndimage.label(masks[anomalous], _STACK)  # numbered image after image
+    region = regions.reshape(-1)[masks[anomalous].reshape(-1)]
+    size = np.bincount(region)[region]
+    _, first = np.unique(region, return_index=True)
+    owner = anomalous[np.flatnonzero(masks[anomalous].reshape(-1))[first] // per]
+    positives = np.bincount(coarse[flat_mask], minlength=n * n_bins)
+    weights = np.bincount(coarse[flat_mask], 1.0 / size, minlength=n * n_bins)
+    shape, as32 = (n, n_bins), (lambda a: a.reshape(shape).astype(np.float32))  # noqa: E731
+    return Histograms(as32(total - positives), as32(positives), as32(weights),
+                      np.bincount(owner, minlength=n).astype(np.float32))
+
+
+def binned_metrics(neg: np.ndarray, pos: np.ndarray, weight: np.ndarray | None = None,
+                   regions: np.ndarray | None = None, fpr_limit: float = FPR_LIMIT) -> dict[str, np.ndarray]:
+    """AUROC, AP, F1-max (and AUPRO with ``weight`` and ``regions``) of rows of binned counts.
+
+    ``neg``, ``pos`` (R, B): counts per bin, lowest scores first; a bin is one tied step of the
+    walk down the scores, as in ``bench.metrics``. Rows without negatives or positives give NaN.
+    """
+    neg, pos = neg[:, ::-1], pos[:, ::-1]
+    n_neg, n_pos = neg.sum(1), pos.sum(1)
+    fp, tp = np.cumsum(neg, 1), np.cumsum(pos, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {"auroc": np.einsum("rb,rb->r", neg, 2 * tp - pos) / (2 * n_neg * n_pos),
+               "ap": np.einsum("rb,rb->r", pos, tp / np.maximum(tp + fp, 1)) / n_pos,
+               "f1_max": (2 * tp / (tp + fp + n_pos[:, None])).max(1)}
+        if weight is not None:
+            weight = weight[:, ::-1]
+            limit = fpr_limit * n_neg[:, None]
+            covered = np.clip(limit - fp + neg, 0, neg)  # the part of each step within the FPR limit
+            height = np.cumsum(weight, 1) - weight * (1 - covered / (2 * np.maximum(neg, 1)))
+            out["aupro"] = np.einsum("rb,rb->r", covered, height) / (limit[:, 0] * regions)
+    undefined = (n_neg == 0) | (n_pos == 0)
+    return {k: np.where(undefined, np.nan, v) for k, v in out.items()}
+
+
+def image_metrics(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Image metrics of each row of image ``weights`` (R, N), exact: one bin per distinct score."""
+    _, inverse = np.unique(np.asarray(scores, np.float64), return_inverse=True)
+    onehot = np.zeros((len(scores), inverse.max() + 1))
+    onehot[np.arange(len(scores)), inverse] = 1
+    anomalous = (np.asarray(labels) == 1)[:, None]
+    return binned_metrics(weights @ (onehot * ~anomalous), weights @ (onehot * anomalous))
+
+
+def resample_weights(labels: np.ndarray, index: np.ndarray, resamples: int, seed: tuple[int, ...]) -> np.ndarray:
+    """(1 + resamples, N) image weights: row 0 is the scope itself (each image in ``index`` once),
+    then how often each image is drawn in each resample, normal and anomalous images drawn
+    separately (stratified). The same ``seed`` and ``index`` always give the same weights."""
+    rng = np.random.default_rng(list(seed))
+    weights = np.zeros((1 + resamples, len(labels)))
+    weights[0, index] = 1
+    for cls in (0, 1):
+        members = index[np.asarray(labels)[index] == cls]
+        if len(members):
+            draws = rng.integers(0, len(members), (resamples, len(members))) + np.arange(resamples)[:, None] * len(members)
+            weights[1:, members] = np.bincount(draws.reshape(-1), minlength=resamples * len(members)).reshape(resamples, -1)
+    return weights
+
+
+def block_seed(seed: int, category: str, scope: str) -> tuple[int, int, int]:
+    """The resampling seed of a block: the same for every refiner and contamination of it."""
+    return (int(seed), zlib.crc32(category.encode()), zlib.crc32(scope.encode()))
+
+
+@dataclass(frozen=True)
+class UnitStatistics:
+    """What a unit logs beyond its exact metrics."""
+
+    replicates: dict[str, np.ndarray]  # metric -> (1 + resamples,): the binned value, then one per resample
+    groups: dict[str, list[float]]  # "group_pixel_ap" -> binned value of each PGT group
+
+    def series(self) -> dict[str, dict[int, float]]:
+        """Per-group metrics as MLflow series, step = group number (1 = first group)."""
+        return {key: dict(enumerate(values, start=1)) for key, values in self.groups.items()}
+
+
+def unit_statistics(scores: np.ndarray, labels: np.ndarray, maps, masks, groups: list[np.ndarray], seed: int,
+                    category: str, resamples: int = RESAMPLES) -> UnitStatistics:
+    """Bootstrap replicates of a unit's metrics, named as ``bench.evaluation.evaluate`` names them
+    (whole stream, and ``_g2k`` for groups 2..k; none with ``resamples`` 0), and its per-group
+    pixel metrics; pixel metrics only with ``masks``. ``maps`` and ``masks``: (N, H, W) arrays or
+    CPU tensors at the evaluation size."""
+    hist = pixel_histograms(np.asarray(maps), np.asarray(masks)) if masks is not None else None
+    scopes = {"": np.arange(len(labels))}
+    if len(groups) > 1:
+        scopes["_g2k"] = np.sort(np.concatenate(groups[1:]))
+    replicates = {}
+    for suffix, index in scopes.items() if resamples else ():
+        weights = resample_weights(labels, index, resamples, block_seed(seed, category, suffix or "stream"))
+        values = {f"image_{k}": v for k, v in image_metrics(scores, labels, weights).items()}
+        if hist is not None:
+            values.update({f"pixel_{k}": v for k, v in hist.metrics(weights).items()})
+        replicates.update({f"{k}{suffix}": v.astype(np.float32) for k, v in values.items()})
+    per_group = {}
+    if hist is not None:
+        indicator = np.zeros((len(groups), len(labels)))
+        for g, index in enumerate(groups):
+            indicator[g, index] = 1
+        per_group = {f"group_pixel_{k}": [float(x) for x in v] for k, v in hist.metrics(indicator).items()}
+    return UnitStatistics(replicates, per_group)
+
+
+def save(path: Path, replicates: dict[str, np.ndarray]) -> Path:
+    """Write replicates as an ``.npz`` file (a unit's ``bootstrap.npz`` artifact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **replicates)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    """Replicates saved by ``save``."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -14,7 +14,7 @@ from bench.config import RunConfig
 from bench.tracking import open_store
 
 MODEL_STAGES = ("features", "scoring", "pgt")
-STAGES = ("load", "features", "scoring", "pgt", "pgt_synth", "pgt_train", "pgt_refine", "metrics", "logging")
+STAGES = ("load", "features", "scoring", "pgt", "pgt_synth", "pgt_train", "pgt_refine", "metrics", "bootstrap", "logging")
 PGT_PARTS = ("pgt_synth", "pgt_train", "pgt_refine")  # parts of pgt, not added to the total
 TARGET_PERCENT = 10
 

@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bench.metrics import _keys
 
 RESAMPLES = 1000  # default number of bootstrap resamples (RunConfig.bootstrap)
 BINS = 256  # coarse bins of the pixel-score histograms
 SIDE = 128  # pixel histograms read every (side // SIDE)-th row and column: about SIDE² pixels per image
 FINE_BITS = 16  # fine histogram: 2^16 bins over the span of the keys
 FPR_LIMIT = 0.3  # AUPRO is integrated up to this false positive rate, as in bench.metrics
-_STACK = np.pad(ndimage.generate_binary_structure(2, 2)[None], ((1, 1), (0, 0), (0, 0)))  # 8-connected, per image
+_EIGHT = ndimage.generate_binary_structure(2, 2)  # 8-connected regions, as bench.metrics
+_SAMPLE = 7  # the fine histogram of normal pixels counts every 7th pixel
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,9 @@ class Histograms:
 
     def metrics(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Pixel metrics of each row of image ``weights`` (R, N)."""
-        weights = weights.astype(np.float32)
-        return binned_metrics(weights @ self.negatives, weights @ self.positives, weights @ self.weights,
-                              weights @ self.regions)
+        weights = weights.T.astype(np.float32)
+        return binned_metrics(self.negatives.T @ weights, self.positives.T @ weights, self.weights.T @ weights,
+                              self.regions @ weights)
 
 
 def pixel_histograms(maps: np.ndarray, masks: np.ndarray, bins: int = BINS, stride: int | None = None) -> Histograms:
@@ -75,58 +75,71 @@ def pixel_histograms(maps: np.ndarray, masks: np.ndarray, bins: int = BINS, stri
     8-connected components of the subsampled masks.
     """
     stride = stride or max(1, np.shape(maps)[1] // SIDE)
-    maps = np.ascontiguousarray(np.asarray(maps, np.float32)[:, ::stride, ::stride])
     masks = np.ascontiguousarray(np.asarray(masks, bool)[:, ::stride, ::stride])
-    n, per = len(maps), maps[0].size
-    keys = _keys(maps).view(np.uint32) ^ np.uint32(2**31)  # order-preserving, unsigned
+    n, per = len(masks), masks[0].size
+    keys = _unsigned_keys(np.asarray(maps, np.float32)[:, ::stride, ::stride])
     lo = keys.min()
     shift = max(0, int(keys.max() - lo).bit_length() - FINE_BITS)
-    fine = (keys - lo) >> np.uint32(shift)
+    fine = keys
+    fine -= lo
+    fine >>= np.uint32(shift)
     flat_mask = masks.reshape(-1)
     n_fine = int(fine.max()) + 1
     pos_fine = np.bincount(fine[flat_mask], minlength=n_fine)
-    neg_fine = np.bincount(fine, minlength=n_fine) - pos_fine
+    neg_fine = np.bincount(fine[::_SAMPLE], minlength=n_fine)  # where the normal pixels lie: a sample is enough
     half = bins // 2  # a coarse bin ends where either class passes one of its half-bins quantiles
     below = lambda counts: np.floor(half * (np.cumsum(counts) - counts) / max(counts.sum(), 1))  # noqa: E731
-    lut = (below(neg_fine) + below(pos_fine)).astype(np.int64)
+    lut = (below(neg_fine) + below(pos_fine)).astype(np.int32)
     n_bins = int(lut[-1]) + 1
-    coarse = lut[fine].reshape(n, per)
-    coarse += np.arange(n)[:, None] * n_bins
+    coarse = lut.take(fine).reshape(n, per)
+    coarse += np.arange(0, n * n_bins, n_bins, dtype=np.int32)[:, None]
     coarse = coarse.reshape(-1)
     total = np.bincount(coarse, minlength=n * n_bins)
-    anomalous = np.flatnonzero(masks.reshape(n, -1).any(1))
-    regions, _ = ndimage.label(masks[anomalous], _STACK)  # numbered image after image
-    region = regions.reshape(-1)[masks[anomalous].reshape(-1)]
-    size = np.bincount(region)[region]
-    _, first = np.unique(region, return_index=True)
-    owner = anomalous[np.flatnonzero(masks[anomalous].reshape(-1))[first] // per]
+    sizes, regions = np.zeros(flat_mask.sum()), np.zeros(n, np.float32)
+    start = 0
+    for i in np.flatnonzero(masks.reshape(n, -1).any(1)):  # 8-connected regions, image by image
+        labels, regions[i] = ndimage.label(masks[i], _EIGHT)
+        labels = labels[masks[i]]
+        sizes[start : start + labels.size] = np.bincount(labels)[labels]
+        start += labels.size
     positives = np.bincount(coarse[flat_mask], minlength=n * n_bins)
-    weights = np.bincount(coarse[flat_mask], 1.0 / size, minlength=n * n_bins)
+    weights = np.bincount(coarse[flat_mask], 1.0 / sizes, minlength=n * n_bins)
     shape, as32 = (n, n_bins), (lambda a: a.reshape(shape).astype(np.float32))  # noqa: E731
-    return Histograms(as32(total - positives), as32(positives), as32(weights),
-                      np.bincount(owner, minlength=n).astype(np.float32))
+    return Histograms(as32(total - positives), as32(positives), as32(weights), regions)
+
+
+def _unsigned_keys(scores: np.ndarray) -> np.ndarray:
+    """Flat uint32 keys ordered as the float32 ``scores`` (``bench.metrics._keys`` made unsigned,
+    in place: the sign bit set for non-negative floats, every bit flipped for negative ones)."""
+    keys = np.add(scores, np.float32(0.0)).reshape(-1).view(np.uint32)  # a copy; -0.0 + 0.0 = +0.0
+    flip = keys >> np.uint32(31)
+    np.negative(flip, out=flip)
+    flip |= np.uint32(2**31)
+    keys ^= flip
+    return keys
 
 
 def binned_metrics(neg: np.ndarray, pos: np.ndarray, weight: np.ndarray | None = None,
                    regions: np.ndarray | None = None, fpr_limit: float = FPR_LIMIT) -> dict[str, np.ndarray]:
-    """AUROC, AP, F1-max (and AUPRO with ``weight`` and ``regions``) of rows of binned counts.
+    """AUROC, AP, F1-max (and AUPRO with ``weight`` and ``regions``) of columns of binned counts.
 
-    ``neg``, ``pos`` (R, B): counts per bin, lowest scores first; a bin is one tied step of the
-    walk down the scores, as in ``bench.metrics``. Rows without negatives or positives give NaN.
+    ``neg``, ``pos`` (B, R): counts per bin (lowest scores first) of R weighted sets; a bin is one
+    tied step of the walk down the scores, as in ``bench.metrics``. Bins run along the first axis
+    so that each cumulative sum adds whole rows. Sets without negatives or positives give NaN.
     """
-    neg, pos = neg[:, ::-1], pos[:, ::-1]
-    n_neg, n_pos = neg.sum(1), pos.sum(1)
-    fp, tp = np.cumsum(neg, 1), np.cumsum(pos, 1)
+    neg, pos = neg[::-1], pos[::-1]  # highest scores first
+    n_neg, n_pos = neg.sum(0), pos.sum(0)
+    fp, tp = np.cumsum(neg, 0), np.cumsum(pos, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = {"auroc": np.einsum("rb,rb->r", neg, 2 * tp - pos) / (2 * n_neg * n_pos),
-               "ap": np.einsum("rb,rb->r", pos, tp / np.maximum(tp + fp, 1)) / n_pos,
-               "f1_max": (2 * tp / (tp + fp + n_pos[:, None])).max(1)}
+        out = {"auroc": np.einsum("br,br->r", neg, 2 * tp - pos) / (2 * n_neg * n_pos),
+               "ap": np.einsum("br,br->r", pos, tp / np.maximum(tp + fp, 1)) / n_pos,
+               "f1_max": (2 * tp / (tp + fp + n_pos)).max(0)}
         if weight is not None:
-            weight = weight[:, ::-1]
-            limit = fpr_limit * n_neg[:, None]
+            weight = weight[::-1]
+            limit = fpr_limit * n_neg
             covered = np.clip(limit - fp + neg, 0, neg)  # the part of each step within the FPR limit
-            height = np.cumsum(weight, 1) - weight * (1 - covered / (2 * np.maximum(neg, 1)))
-            out["aupro"] = np.einsum("rb,rb->r", covered, height) / (limit[:, 0] * regions)
+            height = np.cumsum(weight, 0) - weight * (1 - covered / (2 * np.maximum(neg, 1)))
+            out["aupro"] = np.einsum("br,br->r", covered, height) / (limit * regions)
     undefined = (n_neg == 0) | (n_pos == 0)
     return {k: np.where(undefined, np.nan, v) for k, v in out.items()}
 
@@ -137,7 +150,7 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -
     onehot = np.zeros((len(scores), inverse.max() + 1))
     onehot[np.arange(len(scores)), inverse] = 1
     anomalous = (np.asarray(labels) == 1)[:, None]
-    return binned_metrics(weights @ (onehot * ~anomalous), weights @ (onehot * anomalous))
+    return binned_metrics((onehot * ~anomalous).T @ weights.T, (onehot * anomalous).T @ weights.T)
 
 
 def resample_weights(labels: np.ndarray, index: np.ndarray, resamples: int, seed: tuple[int, ...]) -> np.ndarray:

@@ -61,7 +61,9 @@ def tidy(selection: Selection) -> pd.DataFrame:
                 run_id = ids.get((g.method, g.refiner, g.category, g.contamination), "") if g.category != MEAN else ""
                 rows.append([dataset, g.method, g.refiner, g.category, seed, g.contamination, scope,
                              g.metric.removesuffix(suffix), "gain", g.gain, g.ci_low, g.ci_high, run_id, g.config])
-    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    frame["seed"] = [int(s) if str(s).lstrip("-").isdigit() else s for s in frame.seed]
+    return frame
 
 
 def results_document(store: Store, selection: Selection) -> dict:

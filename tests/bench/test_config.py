@@ -54,3 +54,21 @@ def test_yaml_file(tmp_path):
 def test_params_are_flat_strings():
     params = RunConfig().to_params()
     assert params["pgt.n_groups"] == "4" and params["seed"] == "0"
+
+
+def test_params_are_plain_yaml_values_that_set_takes_back():
+    config = RunConfig(categories="a,b", refiner_options={"ard": {"steps": 3}})
+    params = config.to_params()
+    assert params["pgt.contamination"] == "[0.0]" and params["backbone"] == "null" and params["cache"] == "true"
+    assert params["refiner_options.ard.steps"] == "3" and params["method_options"] == "{}"
+    assert not any(v.startswith("(") or v == "None" for v in params.values())
+    again = apply_overrides(RunConfig(), parse_set(tuple(f"{k}={v}" for k, v in params.items() if k != "method_options")))
+    assert again.to_params() == params
+
+
+def test_config_yaml_reads_back_to_the_same_config(tmp_path):
+    config = RunConfig(data_root=Path("/data/x"), seed=3, pgt=RunConfig().pgt.__class__(contamination=(0.0, 0.2)),
+                       method_options={"musc": {"r_list": [1, 3]}})
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    assert apply_overrides(RunConfig(), load_yaml(path)).to_params() == config.to_params()

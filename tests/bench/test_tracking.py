@@ -1,9 +1,11 @@
 import math
 
+import numpy as np
 import pytest
 
+from bench.bootstrap import save
 from bench.errors import BenchError
-from bench.tracking import open_store
+from bench.tracking import REPLICATES, open_store
 
 
 def test_units_round_trip_through_the_store(tmp_path):
@@ -12,7 +14,9 @@ def test_units_round_trip_through_the_store(tmp_path):
     unit = {"dataset": "d", "method": "m", "refiner": "r", "contamination": 0.1, "category": "c", "seed": 0}
     artifact = tmp_path / "c.csv"
     artifact.write_text("a,b\n1,2\n")
-    store.log_unit(parent, unit, {"pixel_ap": 0.5, "image_auroc": math.nan}, {"backbone": "x"}, {"loss_group2": [3.0, 2.0]}, [artifact])
+    replicates = save(tmp_path / "u" / REPLICATES, {"pixel_ap": np.array([0.5, 0.4, 0.6], np.float32)})
+    series = {"loss": [3.0, 2.0], "group_pixel_ap": {1: 0.2, 2: 0.3}}
+    store.log_unit(parent, unit, {"pixel_ap": 0.5, "image_auroc": math.nan}, {"backbone": "x"}, series, [artifact, replicates])
     frame = store.units()
     assert len(frame) == 1
     row = frame.iloc[0]
@@ -20,8 +24,13 @@ def test_units_round_trip_through_the_store(tmp_path):
     assert row.pixel_ap == 0.5 and math.isnan(row.image_auroc)
     run = store.client.search_runs([store.experiment_id], "tags.`bench.level` = 'unit'")[0]
     assert run.data.params["backbone"] == "x"
-    assert [m.value for m in store.client.get_metric_history(run.info.run_id, "loss_group2")] == [3.0, 2.0]
-    assert [a.path for a in store.client.list_artifacts(run.info.run_id)] == ["c.csv"]
+    assert [m.value for m in store.client.get_metric_history(run.info.run_id, "loss")] == [3.0, 2.0]
+    assert [(m.step, m.value) for m in store.client.get_metric_history(run.info.run_id, "group_pixel_ap")] == [(1, 0.2), (2, 0.3)]
+    assert [a.path for a in store.client.list_artifacts(run.info.run_id)] == [REPLICATES, "c.csv"]
+    with_replicates = store.units(replicates=True).iloc[0]
+    assert with_replicates.run_id == run.info.run_id and with_replicates.parent_id == parent
+    assert with_replicates.replicates["pixel_ap"].tolist() == pytest.approx([0.5, 0.4, 0.6])
+    assert store.parents().iloc[0].params == {"seed": "0"}
     parent_run = store.client.get_run(parent)
     assert "bench.version.torch" in parent_run.data.tags and parent_run.data.params["seed"] == "0"
 

@@ -54,6 +54,21 @@ def test_parent_run_holds_config_versions_and_stage_timings(finished_run):
     names = {a.path for a in store.client.list_artifacts(unit.info.run_id)}
     assert {"pill_groups.csv", "pill_grid.png"} <= names
     assert len(store.client.get_metric_history(unit.info.run_id, "loss")) == 2  # steps=2, one trained group
+    assert [m.step for m in store.client.get_metric_history(unit.info.run_id, "group_pixel_ap")] == [1, 2]
+    assert "bootstrap.npz" in names
+
+
+def test_parent_run_is_named_and_holds_config_means_and_tables(finished_run):
+    out, _ = finished_run
+    store = open_store(out)
+    parent = store.client.get_run(store.parents().run_id.iloc[0])
+    assert parent.info.run_name.startswith("synthetic musc none+ard+gaussian seed3 ")
+    assert parent.data.metrics["mean/musc/ard/pixel_ap_g2k"] == pytest.approx(
+        open_store(out).units().query("refiner == 'ard'").pixel_ap_g2k.mean())
+    artifacts = {a.path for a in store.client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "tables"} <= artifacts
+    tables = {a.path for a in store.client.list_artifacts(parent.info.run_id, "tables")}
+    assert tables == {"tables/tables.md", "tables/tables.csv"}
 
 
 def test_table_kinds_and_formats(finished_run):
@@ -71,11 +86,16 @@ def test_table_kinds_and_formats(finished_run):
     assert "**" not in result.output and "±" not in result.output
 
 
-def test_same_seed_same_numbers(tiny_root, finished_run, tmp_path):
+def test_config_yaml_of_the_store_reruns_the_same_config_to_the_same_numbers(finished_run, tmp_path):
     out, _ = finished_run
-    args = ["run", "--data-root", str(tiny_root), "--out", str(tmp_path), "--refiner", "ard,gaussian", "--n-groups", "2",
-            "--seed", "3", "--quiet", "--set", "pgt.synth_per_group=4", "--set", "refiner_options.ard.steps=2"]
-    assert CliRunner().invoke(main, args).exit_code == 0
+    store = open_store(out)
+    parent = store.parents().iloc[0]
+    config = store.client.download_artifacts(parent.run_id, "config.yaml", str(tmp_path))
+    result = CliRunner().invoke(main, ["run", "--config", config, "--out", str(tmp_path / "again"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    again = open_store(tmp_path / "again").parents().iloc[0]
+    assert again.tags["bench.config_hash"] == parent.tags["bench.config_hash"]
+    tmp_path = tmp_path / "again"
     key = ["category", "refiner"]
     first = open_store(out).units().sort_values(key).reset_index(drop=True)
     second = open_store(tmp_path).units().sort_values(key).reset_index(drop=True)
@@ -93,6 +113,20 @@ def test_eval_scores_maps_made_elsewhere(tiny_root, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert metrics["tile"]["pixel_auroc"] == pytest.approx(1.0) and metrics["mean"]["image_auroc"] == pytest.approx(1.0)
+
+
+def test_a_folder_without_masks_runs_end_to_end_with_image_metric_tables(tiny_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "textile"
+    shutil.copytree(tiny_root / "tile", root / "tile", ignore=shutil.ignore_patterns("ground_truth"))
+    args = ["run", "--data-root", str(root), "--out", str(tmp_path / "out"), "--methods", "musc", "--refiner", "gaussian",
+            "--n-groups", "2", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "image AUROC (groups 2..k) (%)" in result.output and "pixel" not in result.output.split("MLflow run")[1]
+    result = CliRunner().invoke(main, ["table", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "image AP (groups 2..k)" in result.output, result.output
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -247,7 +247,7 @@ class Runner:
             store.finish(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
             raise
         store.finish(parent)
-        return RunSummary(parent, store.units(parent), dict(self.timer.seconds))
+        return RunSummary(parent, store.units(parent, replicates=True), dict(self.timer.seconds))
 
     def run_task(self, task: Task) -> dict[str, float]:
         """Compute one task and log its units; returns the seconds it spent per stage.

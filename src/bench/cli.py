@@ -196,9 +196,8 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
     apply_overrides(config, parse_set(overrides))
     summary = run_benchmark(config, progress=not quiet)
     click.echo(f"MLflow run {summary.parent_id} in {config.tracking_uri or config.out}")
-    units = open_store_units(config, summary.parent_id)
-    for metric in scoped(default_metrics(units), "g2k", units):
-        click.echo("\n" + render(main_table(units, metric)))
+    for metric in scoped(default_metrics(summary.units), "g2k", summary.units):
+        click.echo("\n" + render(main_table(summary.units, metric)))
     click.echo("\n_g2k: groups 2..k, the images a trained refiner refined (group 1 keeps coarse maps). "
                "`bench table --scope stream` shows the whole stream.")
 
@@ -245,25 +244,16 @@ def _json_safe(value):
     return value
 
 
-def open_store_units(config, parent_id: str):
-    """The units of a finished run with their bootstrap replicates, for the tables it prints."""
-    from bench.tracking import open_store
-
-    return open_store(config.out, config.tracking_uri, config.experiment).units(parent_id, replicates=True)
-
-
 def store_options(command):
     """--out, --tracking-uri, --experiment and --runs: which runs of which store a reader reads."""
-    options = [
+    for option in reversed([
         click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
                      help="Results folder holding mlflow.db."),
         click.option("--tracking-uri", help="Read this MLflow tracking URI instead of <out>/mlflow.db."),
         click.option("--experiment", default="bench", show_default=True),
         click.option("--runs", default="latest", show_default=True,
                      help="'latest' (the run that finished last), 'all' (every finished run: one block per "
-                          "configuration, mean over its seeds) or comma-separated run ids."),
-    ]
-    for option in reversed(options):
+                          "configuration, mean over its seeds) or comma-separated run ids.")]):
         command = option(command)
     return command
 
@@ -298,10 +288,9 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
           runs: str, fmt: str) -> None:
     """Render paper-style tables from the MLflow store.
 
-    Values are mean ± std over seeds (plain for one seed); each gain over none has a 95% paired
-    bootstrap interval over the test images, marked * when it excludes 0; "wins" counts the
-    (category, seed) pairs in which a refiner beats none. Runs of different configurations are
-    never averaged: --runs all shows one block per configuration.
+    Values: mean ± std over seeds (one seed: the value). Gains over none: 95% paired bootstrap
+    interval over the test images, * when it excludes 0; wins: (category, seed) pairs won over
+    none. Different configurations are never averaged: --runs all shows one block for each.
 
     \b
     Examples:
@@ -313,19 +302,13 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
     import pandas as pd
 
     from bench.render import render
-    from bench.tables import contamination_table, decoder_table, default_metrics, main_table, scoped
+    from bench.tables import build_tables
 
     _, selection = _selection(out, tracking_uri, experiment, runs)
     blocks = selection.blocks()
     frames, texts = [], []
     for config, units in blocks:
-        if kind == "decoders":
-            tables = [decoder_table(units, scoped(tuple(metrics) or default_metrics(units), scope, units))]
-        elif kind == "contamination":
-            names = tuple(metrics) or tuple(m for m in ("pixel_ap", "pixel_aupro") if m in units) or default_metrics(units)[:2]
-            tables = [contamination_table(units, tuple(scoped(names, scope, units)))]
-        else:
-            tables = [main_table(units, m) for m in scoped(tuple(metrics) or default_metrics(units), scope, units)]
+        tables = build_tables(kind, units, metrics, scope)
         if fmt == "csv":
             frames += [t.numbers.assign(config=config) for t in tables]
             continue
@@ -344,12 +327,9 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
 @click.option("--output", type=click.Path(path_type=Path), help="Write to this file (default: standard output).")
 @friendly
 def export(out: Path, tracking_uri: str | None, experiment: str, runs: str, fmt: str, output: Path | None) -> None:
-    """Export results as one tidy table: a row per unit, metric and scope (statistic 'value') and per
-    gain over none (statistic 'gain'), with 95% bootstrap intervals; values are fractions.
-
-    \b
-    Columns: dataset, method, refiner, category, seed, contamination, scope, metric, statistic,
-    value, ci_low, ci_high, run_id, config_hash (the configuration without its seed).
+    """Export results as one tidy table (values are fractions, intervals 95% bootstrap): a row per
+    unit, metric and scope (statistic 'value') and per gain over none (statistic 'gain'); config_hash
+    is the configuration without its seed.
 
     \b
     Examples:

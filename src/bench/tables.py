@@ -210,3 +210,19 @@ def contamination_table(units: pd.DataFrame, metrics: tuple[str, ...] = ("pixel_
                                     value=scale * mean, std=scale * std, n_seeds=int(n)))
     return Table(columns, rows, pd.DataFrame(numbers), caption="Pseudo-normal contamination: mean over categories (%)",
                  label="tab:contamination")
+
+
+KINDS = ("main", "decoders", "contamination")
+
+
+def build_tables(kind: str, units: pd.DataFrame, metrics: tuple[str, ...] = (), scope: str = "g2k") -> list[Table]:
+    """The tables of ``kind`` for the units of one configuration: ``metrics`` (default: what the
+    store holds, see ``default_metrics``) in ``scope``."""
+    if kind == "decoders":
+        return [decoder_table(units, scoped(tuple(metrics) or default_metrics(units), scope, units))]
+    if kind == "contamination":
+        held = tuple(m for m in ("pixel_ap", "pixel_aupro") if m in units) or default_metrics(units)[:2]
+        return [contamination_table(units, tuple(scoped(tuple(metrics) or held, scope, units)))]
+    if kind != "main":
+        raise BenchError(f"unknown table kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return [main_table(units, m) for m in scoped(tuple(metrics) or default_metrics(units), scope, units)]

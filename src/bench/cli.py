@@ -301,7 +301,7 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
     """
     import pandas as pd
 
-    from bench.render import render
+    from bench.render import render, tex
     from bench.tables import build_tables
 
     _, selection = _selection(out, tracking_uri, experiment, runs)
@@ -313,7 +313,7 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
             frames += [t.numbers.assign(config=config) for t in tables]
             continue
         title = selection.title(config, units)
-        texts.append(("## " if fmt == "md" else "% ") + title if len(blocks) > 1 else "")
+        texts.append(("## " + title if fmt == "md" else "% " + tex(title)) if len(blocks) > 1 else "")
         texts += [render(t, fmt) + "\n" for t in tables]
     click.echo(pd.concat(frames).to_csv(index=False, float_format="%.6g").rstrip("\n") if fmt == "csv"
                else "\n".join(t for t in texts if t))

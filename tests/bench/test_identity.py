@@ -90,3 +90,11 @@ def test_export_is_tidy_csv_and_json_with_provenance(two_configs):
     run = next(iter(config["runs"].values()))
     assert "torch" in run["versions"] and "git_commit" in run
     assert isinstance(document["results"][0]["seed"], int)
+
+
+def test_latex_of_several_configurations_keeps_ascii_titles_as_comments(two_configs):
+    out, _, _ = two_configs
+    result = CliRunner().invoke(main, ["table", "--out", str(out), "--runs", "all", "--format", "latex",
+                                       "--metric", "pixel_ap"])
+    text = result.output[result.output.index("%"):]
+    assert text.isascii() and text.count("% configuration") == 2 and text.count("\\begin{table}") == 2

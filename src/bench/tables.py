@@ -121,7 +121,7 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> Table:
                                                             n_seeds=int(n))
         for r, category in enumerate(categories):
             top = max((v for v, _ in values[category] if np.isfinite(v)), default=np.nan)
-            bold |= {(r, column) for v, column in values[category] if v == top}
+            bold |= {(r, column) for v, column in values[category] if v == top and len(values[category]) > 1}
         for refiner in refiners[1:] if refiners[0] == BASELINE else []:
             columns.append((method, f"Δ{refiner}"))
             for category in categories:
@@ -142,7 +142,8 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> Table:
                          "intervals (* excludes 0)",
                  label=f"tab:{metric.replace('_', '-')}", bold=bold,
                  rules={len(categories) - 1} | ({len(categories)} if any(wins[1:]) else set()),
-                 notes=["Marked *: the 95% interval excludes 0. wins: (category, seed) pairs where the refiner beats none."])
+                 notes=["Marked *: the 95% interval excludes 0. wins: (category, seed) pairs where the refiner beats none."]
+                 if any(wins[1:]) else [])
 
 
 def decoder_table(units: pd.DataFrame, metrics: list[str]) -> Table:

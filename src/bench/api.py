@@ -241,7 +241,8 @@ class Runner:
                 for seconds in tqdm(finished, total=len(tasks), desc="tasks", disable=not self.progress):
                     for stage, value in seconds.items():  # with Ray: summed over tasks that ran side by side
                         self.timer.add(stage, value)
-            log_summary(store, parent)
+            with self.timer.stage("logging"):
+                log_summary(store, parent)  # category means and tables on the parent (bench.export)
             store.log_metrics(parent, self.timer.as_metrics())
         except BaseException as exc:
             store.finish(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")

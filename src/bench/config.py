@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,9 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         pgt = self.pgt
         checks = [
+            (self.seed >= 0, "seed", self.seed, "an integer >= 0"),
+            (isinstance(self.experiment, str) and self.experiment.strip() != "", "experiment", self.experiment,
+             "a non-empty experiment name"),
             (pgt.n_groups >= 1, "pgt.n_groups", pgt.n_groups, "an integer >= 1"),
             (pgt.group_size >= 0, "pgt.group_size", pgt.group_size, "0 (use n_groups) or a positive integer"),
             (0 < pgt.pseudo_normal_fraction <= 1, "pgt.pseudo_normal_fraction", pgt.pseudo_normal_fraction, "in (0, 1]"),
@@ -154,6 +159,10 @@ def parse_contamination(text: str) -> tuple[float, ...]:
         raise ConfigError(f"invalid --contamination {text!r}: expected fractions like 0,0.1,0.2") from None
     if not values:
         raise ConfigError("--contamination is empty: expected fractions like 0,0.1,0.2")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"invalid --contamination {text!r}: {', '.join(map(str, repeated))} given twice; "
+                          "each fraction is one block of the sweep")
     return values
 
 
@@ -189,12 +198,9 @@ def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
     if head == "contamination":
         value = parse_contamination(value if isinstance(value, str) else ",".join(map(str, value)))
     elif isinstance(current, Path) or head in ("data_root", "out"):
-        value = Path(value) if value is not None else None
+        value = as_path(value, full, optional=head == "data_root")
     elif isinstance(current, (int, float)) and not isinstance(current, bool):
-        try:
-            value = type(current)(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"invalid {full}={value!r}: expected {type(current).__name__}") from None
+        value = as_number(value, type(current), full)
     elif value is not None and "str" in str(_field_type(target, head)):
         if isinstance(value, (list, tuple)):  # YAML lists for comma-list options: categories: [a, b]
             value = ",".join(map(str, value))
@@ -203,6 +209,56 @@ def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
         else:
             value = str(value)
     setattr(target, head, value)
+
+
+def as_number(value: Any, kind: type, name: str) -> int | float:
+    """``value`` as an ``int`` or ``float`` option, never truncated: ``2.5`` or ``true`` for an
+    integer option is an error naming ``name``, and so are NaN and infinity for a float option."""
+    expected = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            pass
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and kind is int:
+        ok = float(value).is_integer()
+    if not ok:
+        raise ConfigError(f"invalid {name}={value!r}: expected {kind.__name__} ({expected})")
+    return kind(value)
+
+
+def typed_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """Plugin ``options`` checked against the annotations of the options dataclass ``cls``: a
+    value for an ``int`` / ``float`` / ``bool`` / ``str`` field (optionally ``| None``) must be
+    of that type (integers are accepted for floats), so ``steps: many`` is an error naming
+    ``steps`` before any work. Fields of other types (tuples, ...) are left to ``cls``."""
+    hints = typing.get_type_hints(cls)
+    checked = dict(options)
+    for name, value in options.items():
+        hint = hints.get(name)
+        args = set(typing.get_args(hint)) if typing.get_args(hint) else {hint}
+        if value is None and type(None) in args:
+            continue
+        kinds = [k for k in (bool, int, float, str) if k in args]
+        if len(args - {type(None)}) != 1 or not kinds:
+            continue
+        kind = kinds[0]
+        if kind in (int, float):
+            checked[name] = as_number(value, kind, name)
+        elif not isinstance(value, kind):
+            raise ConfigError(f"invalid {name}={value!r}: expected {kind.__name__}")
+    return checked
+
+
+def as_path(value: Any, name: str, optional: bool = False) -> Path | None:
+    """``value`` as one folder path (a string or a number, e.g. ``out=5``); lists, mappings and
+    booleans are an error naming ``name``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Path)) or str(value).strip() == "":
+        raise ConfigError(f"invalid {name}={value!r}: expected one folder path")
+    return Path(str(value))
 
 
 def _field_type(target: Any, name: str) -> Any:
@@ -242,7 +298,10 @@ def _one_line(exc: BaseException) -> str:
 def load_yaml(path: Path) -> dict[str, Any]:
     """A YAML config file, flattened to dotted keys."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start}); save it as UTF-8") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config file {path}: {_one_line(exc)}") from None
     if not isinstance(data, dict):

@@ -1,4 +1,12 @@
-"""Reading images and masks with errors that name the file."""
+"""Reading images and masks with errors that name the file.
+
+Pixels are decoded by the image's mode, never clipped: 16-bit grayscale (``I;16``, and ``I``
+with values in 0..65535) is scaled to 8 bit (``/ 257``), palette, CMYK, grayscale and two-level
+images are converted to RGB, and an alpha channel is ignored (the colour channels are used as
+stored, not composited on a background). Modes without an unambiguous 8-bit reading (32-bit
+float, signed or wider integers) are an error naming the file. So are images whose header claims
+more pixels than Pillow's decompression-bomb limit allows (``Image.MAX_IMAGE_PIXELS`` × 2).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +15,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from bench.errors import DatasetError
+
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": 16-bit PNGs in some Pillow versions
+NO_8_BIT_READING = ("F",)  # 32-bit float: no agreed range
 
 
 def _open(path: Path) -> Image.Image:
@@ -18,14 +29,65 @@ def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: refused to decode ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from None
     return image
 
 
+def _sixteen_bit(image: Image.Image, path: Path) -> np.ndarray:
+    """A 16-bit grayscale image as its uint16 values (H×W)."""
+    values = np.asarray(image)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DatasetError(f"{path}: {image.mode} image with values outside 0..65535; "
+                           "expected 8- or 16-bit pixels")
+    return values.astype(np.uint16)
+
+
+def _unsupported(image: Image.Image, path: Path) -> DatasetError:
+    return DatasetError(f"{path}: image mode {image.mode!r} has no 8-bit reading; "
+                        "save it as 8- or 16-bit grayscale, RGB or palette")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """H×W×3 uint8 RGB; grayscale, palette and RGBA images are converted."""
-    return np.asarray(_open(path).convert("RGB"))
+    """H×W×3 uint8 RGB, decoded by mode (see the module docstring)."""
+    image = _open(path)
+    if image.mode in SIXTEEN_BIT:
+        gray = np.round(_sixteen_bit(image, Path(path)) / 257.0).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in NO_8_BIT_READING:
+        raise _unsupported(image, Path(path))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns when converting such a palette straight to RGB
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError:
+        raise _unsupported(image, Path(path)) from None
+
+
+def _gray(path: Path) -> np.ndarray:
+    """A mask's values, H×W, at their own depth (16-bit masks are not clipped to 255)."""
+    image = _open(path)
+    if image.mode in SIXTEEN_BIT:
+        return _sixteen_bit(image, Path(path))
+    if image.mode in NO_8_BIT_READING:
+        raise _unsupported(image, Path(path))
+    try:
+        return np.asarray(image.convert("L"))
+    except ValueError:
+        raise _unsupported(image, Path(path)) from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding its pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: refused to decode ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"{path}: not a readable image ({exc})") from None
 
 
 def read_mask(path: Path, shape: tuple[int, int], strict: bool = True) -> np.ndarray:
@@ -34,7 +96,7 @@ def read_mask(path: Path, shape: tuple[int, int], strict: bool = True) -> np.nda
     ``strict`` requires two-valued masks (0 and one foreground value, as MVTec AD's 0/255); VisA
     stores defect labels, so its loader passes ``strict=False``.
     """
-    mask = np.asarray(_open(path).convert("L"))
+    mask = _gray(path)
     if mask.shape != tuple(shape):
         raise DatasetError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "

@@ -114,7 +114,8 @@ def test_row_naming_a_missing_mask(tmp_path: Path) -> None:
 
 
 def test_anomaly_without_mask_field(tmp_path: Path) -> None:
-    root = make_visa(tmp_path, ("candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,",))
+    root = make_visa(tmp_path, ("candle,test,anomaly,candle/Data/Images/Anomaly/009.JPG,",))
+    image(root / "candle/Data/Images/Anomaly/009.JPG", fmt="JPEG")
     with pytest.raises(DatasetError, match="mask field is empty") as err:
         VisA(root).test("candle")
     assert "line 14" in str(err.value)
@@ -132,3 +133,38 @@ def test_unknown_category(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="Did you mean 'candle'") as err:
         ds.test("candel")
     assert "candle, pcb1" in str(err.value)
+
+
+def test_duplicate_rows_are_rejected_naming_both_lines(tmp_path: Path) -> None:
+    """A repeated row would count an image twice (issue 17: image AUROC 100 -> 0)."""
+    root = make_visa(tmp_path, ("candle,test,anomaly,./candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png",))
+    with pytest.raises(DatasetError, match="lines 6 and 14: image candle/Data/Images/Anomaly/000.JPG is listed twice"):
+        VisA(root)
+
+
+def test_test_images_sharing_a_key_are_rejected(tmp_path: Path) -> None:
+    """Two anomalous images with one stem in different folders would share one map in `bench eval`."""
+    root = make_visa(tmp_path, ("candle,test,anomaly,candle/Data/Images/Other/000.png,candle/Data/Masks/Anomaly/000.png",))
+    image(root / "candle/Data/Images/Other/000.png")
+    with pytest.raises(DatasetError, match="share the key 'anomaly/000'"):
+        VisA(root).test("candle")
+
+
+def test_dangling_link_is_named(tmp_path: Path) -> None:
+    root = make_visa(tmp_path)
+    victim = root / "candle/Data/Images/Normal/0002.JPG"
+    victim.unlink()
+    victim.symlink_to(tmp_path / "gone.JPG")
+    with pytest.raises(DatasetError, match="0002.JPG: symbolic link points to a missing file"):
+        VisA(root).test("candle")
+
+
+def test_one_dataclass_decorator_per_row() -> None:
+    """``_Row`` is a frozen dataclass (it had two stacked ``@dataclass`` decorators)."""
+    import dataclasses
+    import inspect
+
+    from bench.datasets import visa
+
+    assert dataclasses.fields(visa._Row)[0].name == "line"
+    assert inspect.getsource(visa).count("@dataclass") == 1

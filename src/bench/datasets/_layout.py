@@ -17,6 +17,7 @@ forces that for a whole dataset.
 from __future__ import annotations
 
 import difflib
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,41 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def check_link(path: Path) -> None:
+    """A DatasetError naming ``path`` when it is a symbolic link that leads nowhere or loops
+    (``is_file`` is False for both, which would drop the image silently)."""
+    if not path.is_symlink():
+        return
+    try:
+        path.stat()
+    except OSError as exc:
+        why = "loops" if getattr(exc, "errno", None) == errno.ELOOP else "points to a missing file"
+        raise DatasetError(f"{path}: symbolic link {why} (-> {path.readlink()}); fix or remove it") from None
+
+
+def require_unique_stems(paths: list[Path], what: str = "images") -> None:
+    """A DatasetError naming both files when two ``paths`` share a stem (``000.png``, ``000.jpg``):
+    masks and maps are matched by stem, so they would share one."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        first = seen.setdefault(path.stem, path)
+        if first is not path:
+            raise DatasetError(f"{first} and {path}: two {what} with the same name stem {path.stem!r} in one "
+                               "folder; masks and maps are matched by stem, so keep only one of them")
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name; [] when the folder does not exist."""
+    """Image files directly in ``folder``, sorted by name; [] when the folder does not exist.
+
+    A broken or looping symbolic link, and two files that share a stem, are DatasetErrors."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if is_image_name(p) and p.is_file()), key=lambda p: p.name)
+    names = sorted((p for p in folder.iterdir() if is_image_name(p)), key=lambda p: p.name)
+    for path in names:
+        check_link(path)
+    images = [p for p in names if p.is_file()]
+    require_unique_stems(images)
+    return images
 
 
 def require_root(root: Path | str) -> Path:

@@ -14,13 +14,12 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from bench.errors import DatasetError
 from bench.interfaces import Dataset
 from bench.records import Sample
 from bench.registry import DATASETS
 
-from ._layout import require_root, unknown_category_error
+from ._layout import check_link, require_root, unknown_category_error
 
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")
@@ -29,7 +28,6 @@ SPLITS = ("train", "test")
 DETECT_SCORE = 200
 
 
-@dataclass(eq=False)
 @dataclass(frozen=True)
 class _Row:
     line: int
@@ -103,7 +101,18 @@ class VisA(Dataset):
             raise DatasetError(f"{where}: not a text csv file ({exc})") from None
         except csv.Error as exc:
             raise DatasetError(f"{where}: malformed csv ({exc})") from None
+        self._require_unique(rows)
         return rows
+
+    def _require_unique(self, rows: list[_Row]) -> None:
+        """Each image once: a repeated row would count an image twice in its metrics."""
+        first: dict[str, _Row] = {}
+        for row in rows:
+            image = Path(row.image).as_posix()  # "a//b" and "./a/b" are "a/b"
+            seen = first.setdefault(image, row)
+            if seen is not row:
+                raise DatasetError(f"{self.csv_path}, lines {seen.line} and {row.line}: image {image} is listed "
+                                   "twice; expected one row per image")
 
     def categories(self) -> list[str]:
         return list(self._categories)
@@ -114,6 +123,7 @@ class VisA(Dataset):
 
     def _file(self, row: _Row, value: str, what: str) -> Path:
         path = self.root / value
+        check_link(path)
         if not path.is_file():
             raise DatasetError(
                 f"{self.csv_path}, line {row.line} ({row.object}, {row.split}, "
@@ -146,6 +156,13 @@ class VisA(Dataset):
                 "expected its test images"
             )
         samples.sort(key=lambda s: (s.label, str(s.path)))
+        keys: dict[str, Sample] = {}
+        for sample in samples:
+            other = keys.setdefault(sample.key, sample)
+            if other is not sample:
+                raise DatasetError(f"{self.csv_path}: test images {other.path} and {sample.path} of category "
+                                   f"{category!r} share the key {sample.key!r} (label and file stem); maps are "
+                                   "matched by it, so rename one of them")
         return samples
 
     def train_good(self, category: str) -> list[Path]:

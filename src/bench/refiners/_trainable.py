@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.config import typed_options
 from bench.interfaces import Refiner
 from bench.records import FeatureSet, RefineBatch
 
@@ -183,7 +184,7 @@ class TrainableRefiner(Refiner):
             raise TypeError(f"unknown {self.display_name} option(s) {unknown}; known: {sorted(known)}")
         if not channels:
             raise ValueError(f"{self.display_name} needs at least one feature layer")
-        self.opts = self.options_class(**options)  # type: ignore[arg-type]
+        self.opts = self.options_class(**typed_options(self.options_class, options))  # type: ignore[arg-type]
         self.channels = dict(channels)
         self.image_size = int(image_size)
         self.seed = int(seed)

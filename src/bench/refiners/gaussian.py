@@ -28,6 +28,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from bench.errors import ConfigError
+from bench.config import typed_options
 from bench.interfaces import Refiner
 from bench.records import FeatureSet
 from bench.refiners.none import upsample
@@ -64,7 +65,7 @@ def options_from(kind: str, cls: type, options: dict[str, object]):
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"unknown {kind} refiner option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    return cls(**options)
+    return cls(**typed_options(cls, options))
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:

@@ -285,7 +285,7 @@ def test_eval_missing_map(maps, base):
 def test_eval_map_with_three_dimensions(maps, base):
     victim = sorted((maps / "tile" / "test" / "good").glob("*.npy"))[0]
     np.save(victim, np.zeros((2, 64, 64), np.float32))
-    fails(eval_args(maps, base), str(victim), "expected a 2-D numeric map", "(2, 64, 64)")
+    fails(eval_args(maps, base), str(victim), "expected a 2-D real numeric map", "(2, 64, 64)")
 
 
 def test_eval_map_with_nan(maps, base):

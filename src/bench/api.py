@@ -28,7 +28,7 @@ from bench.interfaces import Backbone, Dataset, Method
 from bench.protocol import PGTOutput, Stream, check_group_sizes, coarse_scores, make_groups, run_pgt
 from bench.records import Sample
 from bench.registry import BACKBONES, METHODS, REFINERS
-from bench.resume import ResumeState, start_or_resume
+from bench.resume import FINGERPRINT, ResumeState, dataset_fingerprint, start_or_resume
 from bench.timing import StageTimer
 from bench.tracking import REPLICATES, Store, open_store
 
@@ -228,6 +228,7 @@ class Runner:
         preflight(dataset, categories, methods, cfg)
         store = self.store
         params = {**cfg.to_params(), "data_root": str(dataset.root.resolve()), "dataset_resolved": dataset.name,
+                  FINGERPRINT: dataset_fingerprint(dataset, categories),
                   "methods_resolved": ",".join(methods), "methods_skipped": ",".join(self.skipped) or "-"}
         # a new parent run, or the unfinished one of the same config (bench.resume)
         state = self.resume_state = start_or_resume(store, run_name(dataset.name, methods, refiners, params), params,
@@ -391,12 +392,13 @@ def method_catalog() -> list[MethodCard]:
 def preflight(dataset: Dataset, categories: list[str], methods: list[str], cfg: RunConfig) -> None:
     """Errors that need no pixels, raised before anything is computed or logged: method options,
     and PGT groups too small for a method in some category (the tree is scanned, not read)."""
+    trainable = any(getattr(REFINERS.entry(name).factory, "trainable", False) for name in REFINERS.resolve(cfg.refiners))
     for method_name in methods:
         method = METHODS.create(method_name, **cfg.method_options.get(method_name, {}))
         for category in categories:
             n = len(dataset.test(category))
             try:
-                check_group_sizes(make_groups(n, cfg.pgt, cfg.seed), method)
+                check_group_sizes(make_groups(n, cfg.pgt, cfg.seed), method, trainable, cfg.pgt.reference)
             except ConfigError as exc:
                 raise ConfigError(f"category {category!r} ({n} test images): {exc}") from None
 

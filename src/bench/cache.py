@@ -8,10 +8,14 @@ builder, with its declared resampling), with their shape. Same pixels + same bac
 key, wherever the file lives and whatever it is called; any change of option gives a new key.
 
 Files: ``<out>/cache/features/<key[:2]>/<key>.pt``, a ``torch.save`` of ``{"version", "layers":
-{name: (C, h, w)}, "embedding": (D,)}`` exactly as computed (float32), so a cached run gives
-bit-identical features to an uncached one. Writes are atomic (temporary file + rename), so
-concurrent runs and interrupted runs never leave half files; a file that cannot be read or does
-not match the backbone is recomputed with a warning (and rewritten), never a crash.
+{name: (C, h, w)}, "embedding": (D,), "sha256"}`` exactly as computed (float32), so a cached run
+gives bit-identical features to an uncached one. ``sha256`` is the checksum of the tensors'
+names, shapes, dtypes and bytes (``content_digest``), verified on every read: a file whose
+tensors were altered (a flipped bit, a bad disk, an edit) is never used. Writes are atomic
+(temporary file + rename), so concurrent runs and interrupted runs never leave half files; a file
+that cannot be read, fails its checksum or does not match the backbone is recomputed with a
+warning (and rewritten), never a crash. A file that cannot be written (full disk, read-only
+folder: ``OSError``, or torch's ``RuntimeError``) is a warning too: the run goes on without it.
 
 Cache invalidation is by key only: bump ``CACHE_VERSION`` when a change of code changes the
 features of an unchanged backbone configuration. Delete ``<out>/cache`` to reclaim space.
@@ -32,7 +36,7 @@ import torch
 from bench.interfaces import Backbone
 from bench.records import FeatureSet
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: files carry a content checksum
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) → sha256
 
 
@@ -48,6 +52,15 @@ def file_digest(path: Path) -> str:
                 digest.update(block)
         _FILE_DIGESTS[memo] = digest.hexdigest()
     return _FILE_DIGESTS[memo]
+
+
+def content_digest(layers: dict[str, torch.Tensor], embedding: torch.Tensor) -> str:
+    """sha256 of the cached tensors: each one's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in [*layers.items(), ("<embedding>", embedding)]:
+        digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def backbone_fingerprint(backbone: Backbone) -> dict[str, object]:
@@ -73,6 +86,7 @@ class FeatureCache:
         ).encode()
         self.hits = 0
         self.misses = 0
+        self.writable = True  # False after a failed write: warned once, then the run goes on without writing
 
     def key(self, pixels: np.ndarray) -> str:
         """Content key of one image (uint8 H×W×3 pixels as given to ``backbone.preprocess``)."""
@@ -104,6 +118,8 @@ class FeatureCache:
                     raise ValueError(f"layer {name!r} has shape {getattr(value, 'shape', None)}")
             if not isinstance(embedding, torch.Tensor) or embedding.ndim != 1:
                 raise ValueError("the embedding is not a vector")
+            if record.get("sha256") != content_digest(layers, embedding):
+                raise ValueError("its tensors do not match their checksum (altered or damaged)")
         except Exception as exc:  # noqa: BLE001 - unreadable or foreign file: recompute, never crash
             reason = (str(exc).strip().splitlines() or [""])[0][:200]
             warnings.warn(
@@ -114,14 +130,16 @@ class FeatureCache:
         return FeatureSet({k: v[None] for k, v in layers.items()}, embedding[None])
 
     def save(self, key: str, features: FeatureSet) -> None:
-        """Store the features of one image (batch of 1), atomically; failures only warn."""
+        """Store the features of one image (batch of 1), atomically; a failure warns once, and
+        later saves of this cache are skipped (the disk is full or read-only)."""
+        if not self.writable:
+            return
         path = self.path(key)
-        record = {
-            "version": CACHE_VERSION,
-            # clone: a slice would save the whole batch's storage
-            "layers": {k: v[0].detach().to("cpu").clone() for k, v in features.layers.items()},
-            "embedding": features.embedding[0].detach().to("cpu").clone(),
-        }
+        # clone: a slice would save the whole batch's storage
+        layers = {k: v[0].detach().to("cpu").clone() for k, v in features.layers.items()}
+        embedding = features.embedding[0].detach().to("cpu").clone()
+        record = {"version": CACHE_VERSION, "layers": layers, "embedding": embedding,
+                  "sha256": content_digest(layers, embedding)}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}.", suffix=".tmp")
@@ -132,8 +150,11 @@ class FeatureCache:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        except OSError as exc:
-            warnings.warn(f"cannot write feature cache file {path} ({exc}); continuing without it", stacklevel=2)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            self.writable = False
+            reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+            warnings.warn(f"cannot write feature cache file {path} ({type(exc).__name__}: {reason}); "
+                          f"continuing without writing to the cache {self.root}", stacklevel=2)
 
 
 def encode(

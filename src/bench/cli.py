@@ -1,11 +1,9 @@
 """``bench``: a thin click shell over ``bench.api``. Errors print one line, never a traceback."""
 from __future__ import annotations
 
+import errno
 import json
 import math
-import os
-import subprocess
-import sys
 import warnings
 from functools import wraps
 from pathlib import Path
@@ -18,8 +16,12 @@ from bench.executors import EXECUTORS
 LISTS = ("methods", "refiners", "datasets", "backbones")
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full or read-only disk, wherever it is hit
+
+
 def friendly(command):
-    """Turn BenchError into a one-line ``Error: ...`` and exit code 1."""
+    """Turn BenchError, and a write that fails for want of space, into a one-line ``Error: ...``
+    and exit code 1."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
@@ -27,6 +29,10 @@ def friendly(command):
             return command(*args, **kwargs)
         except BenchError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            raise click.ClickException(f"cannot write {exc.filename or 'a file'}: {exc.strerror}") from None
 
     return wrapper
 
@@ -262,7 +268,7 @@ def _selection(out: Path, tracking_uri: str | None, experiment: str, runs: str):
     from bench.identity import select
     from bench.tracking import open_store
 
-    store = open_store(out, tracking_uri, experiment)
+    store = open_store(out, tracking_uri, experiment, create=False)  # a reader: creates nothing
     selection = select(store, runs, replicates=True)
     for note in selection.notes:
         click.echo(f"Warning: {note}", err=True)
@@ -351,16 +357,34 @@ def export(out: Path, tracking_uri: str | None, experiment: str, runs: str, fmt:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results folder holding mlflow.db (and artifacts/).")
+@click.option("--tracking-uri", help="Browse this database store (e.g. sqlite:///path/mlflow.db) instead of <out>/mlflow.db.")
+@click.option("--experiment", default="bench", show_default=True, help="The experiment the UI opens on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on. The UI has no authentication: bind another address only on a network you trust.")
 @click.option("--port", default=5000, show_default=True)
-def ui(out: Path, port: int) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the store in --out (Ctrl-C stops it)."""
-    from bench.tracking import default_uri
+@friendly
+def ui(out: Path, tracking_uri: str | None, experiment: str, host: str, port: int) -> None:
+    """Start the MLflow UI for the store in --out (Ctrl-C stops it, with every worker it started).
 
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", default_uri(out), "--host", "127.0.0.1", "--port", str(port)]
-    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {default_uri(out)})")
-    raise SystemExit(subprocess.call(command, env=env))
+    \b
+    Examples:
+      bench ui
+      bench ui --out /data/results --port 5001
+    """
+    from bench.server import serve, server_uri, start
+    from bench.tracking import default_uri, open_store
+
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        raise BenchError(f"--tracking-uri {tracking_uri}: a tracking server serves its own UI; open that address "
+                         "in a browser")
+    store = open_store(out, tracking_uri, experiment, create=False)  # says so when there is no store
+    uri = tracking_uri or default_uri(out)
+    process = start(uri, str((out / "artifacts").resolve()), host, port, workers=1)
+    click.echo(f"MLflow UI at {server_uri(host, port)}/#/experiments/{store.experiment_id} (pid {process.pid}, "
+               f"store {uri}). Ctrl-C stops it.")
+    raise SystemExit(serve(process))
 
 
 @main.command()

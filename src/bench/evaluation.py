@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from bench.imageio import image_size
 from bench.interfaces import Dataset
 from bench.metrics import compute_metrics
 from bench.records import Sample
@@ -23,13 +24,54 @@ def eval_masks(samples: list[Sample], size: int, threshold: float) -> torch.Tens
     return resize_each([s.mask for s in samples], size) > threshold
 
 
-def resize_each(arrays: list[np.ndarray], size: int) -> torch.Tensor:
-    """H×W arrays (sizes may differ: a category can mix image sizes) → ``(N, size, size)`` float32, bilinear."""
-    out = torch.empty((len(arrays), size, size))
+def resize_each(arrays: list[np.ndarray], size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """H×W arrays (sizes may differ: a category can mix image sizes) → ``(N, size, size)`` of
+    ``dtype``, bilinear."""
+    out = torch.empty((len(arrays), size, size), dtype=dtype)
     for i, array in enumerate(arrays):
-        x = torch.as_tensor(np.asarray(array), dtype=torch.float32)[None, None]
+        x = torch.as_tensor(np.asarray(array), dtype=dtype)[None, None]
         out[i] = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
     return out
+
+
+def order_preserving_float32(maps: np.ndarray) -> np.ndarray:
+    """``maps`` as float32 values in the same order, ties kept and no two values merged.
+
+    The pixel metrics compare float32 scores; every one of them depends on the scores only
+    through their order (thresholds swept over the scores), so float64 maps whose values float32
+    would merge (``0.5`` and ``0.5 + 1e-9``) are scored exactly through their ranks, written as
+    increasing positive normal float32 values. Maps that float32 holds exactly are returned cast.
+    """
+    if maps.dtype == np.float32:
+        return maps
+    narrow = maps.astype(np.float32)
+    if np.array_equal(narrow.astype(maps.dtype), maps):
+        return narrow
+    _, rank = np.unique(maps, return_inverse=True)
+    smallest_normal = np.uint32(0x00800000)  # bit pattern of float32's smallest normal value
+    return (rank.reshape(maps.shape).astype(np.uint32) + smallest_normal).view(np.float32)
+
+
+def check_options(size: int, mask_threshold: float) -> None:
+    """``bench eval``'s options, checked before any map is read (the rules of ``bench run``)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise BenchError(f"--eval-size {size}: must be a positive integer (the side, in pixels, maps and masks "
+                         "are resized to)")
+    if not 0 < mask_threshold < 1:
+        raise BenchError(f"--mask-threshold {mask_threshold}: must be in (0, 1) (resized masks are binarised "
+                         "at this value)")
+
+
+def check_aspect(data: np.ndarray, image_shape: tuple[int, int], path: Path) -> None:
+    """A map has its image's aspect ratio (to within a pixel), or is square: the maps of a method
+    that resized the image to a square input, as ``bench run`` does. Anything else would be
+    stretched onto the image silently."""
+    h, w = data.shape
+    height, width = image_shape
+    if h == w or abs(h - w * height / width) <= 1:
+        return
+    raise BenchError(f"{path}: map is {w}x{h} but its image is {width}x{height}; expected a map with the "
+                     "image's aspect ratio (or a square map, from a square input)")
 
 
 def evaluate(scores: np.ndarray, labels: np.ndarray, maps: torch.Tensor, masks: torch.Tensor | None, groups: list[np.ndarray]) -> dict[str, float]:
@@ -58,11 +100,15 @@ def read_map(path: Path) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise BenchError(f"{path}: not a readable .npy array ({exc})") from None
     data = np.squeeze(data)
-    if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
-        raise BenchError(f"{path}: expected a 2-D numeric map (H×W), got shape {data.shape} of {data.dtype}")
+    if data.ndim != 2 or not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise BenchError(f"{path}: expected a 2-D real numeric map (H×W), got shape {data.shape} of {data.dtype}")
+    if data.size == 0:
+        raise BenchError(f"{path}: the map is empty ({data.shape[1]}x{data.shape[0]} pixels)")
+    # float16/float32 and small integers are exact in float32; wider values stay float64
+    data = data.astype(np.float32 if np.result_type(data.dtype, np.float32) == np.float32 else np.float64)
     if not np.isfinite(data).all():
         raise BenchError(f"{path}: the map holds NaN or infinite values")
-    return data.astype(np.float32)
+    return data
 
 
 def read_scores(path: Path) -> dict[str, float]:
@@ -86,8 +132,15 @@ def read_scores(path: Path) -> dict[str, float]:
 
 
 def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_threshold: float, has_masks: bool) -> dict[str, float]:
-    """Metrics of one category's maps resized to ``size``; image scores from the CSV or the map maximum."""
-    maps = resize_each([read_map(folder / "test" / s.defect / f"{Path(s.path).stem}.npy") for s in samples], size)
+    """Metrics of one category's maps resized to ``size`` at their own precision (float64 maps
+    stay float64); image scores from the CSV or the map maximum."""
+    arrays = []
+    for sample in samples:
+        path = folder / "test" / sample.defect / f"{Path(sample.path).stem}.npy"
+        arrays.append(read_map(path))
+        check_aspect(arrays[-1], image_size(sample.path), path)
+    wide = any(a.dtype == np.float64 for a in arrays)
+    maps = resize_each(arrays, size, torch.float64 if wide else torch.float32)
     scores_path = folder / SCORES_FILE
     if scores_path.is_file():
         given = read_scores(scores_path)
@@ -101,11 +154,12 @@ def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_thres
     if not has_masks:
         return compute_metrics(scores, labels)
     masks = eval_masks(samples, size, mask_threshold)
-    return compute_metrics(scores, labels, maps.numpy(), masks.numpy())
+    return compute_metrics(scores, labels, order_preserving_float32(maps.numpy()), masks.numpy())
 
 
 def evaluate_maps(dataset: Dataset, categories: list[str], maps_root: Path, size: int, mask_threshold: float = 0.5) -> dict[str, dict[str, float]]:
     """Per-category metrics and their unweighted mean (key ``mean``)."""
+    check_options(size, mask_threshold)
     maps_root = Path(maps_root)
     if not maps_root.is_dir():
         raise BenchError(f"--maps {maps_root}: not a directory")

@@ -11,6 +11,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: a file name that is not UTF-8 (its bytes held as surrogates by
+    Python) keeps its readable part and shows each undecodable byte as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def save_grid(
     path: Path,
     images: np.ndarray,
@@ -37,7 +43,7 @@ def save_grid(
             if r == 0:
                 ax.set_title(name, fontsize=9)
             if c == 0 and titles:
-                ax.set_ylabel(titles[r], fontsize=7)
+                ax.set_ylabel(printable(titles[r]), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -99,7 +99,11 @@ def coarse_scores(method: Method, features: FeatureSet, groups: list[np.ndarray]
     return ScoreOutput(scores, maps)
 
 
-def check_group_sizes(groups: list[np.ndarray], method: Method) -> None:
+def check_group_sizes(groups: list[np.ndarray], method: Method, trainable: bool = True, reference: str = "all") -> None:
+    """An inter-image method scores an image against the others of its group only to train a
+    refiner (synthetic images) or with ``reference="seen"``; otherwise the group size is free."""
+    if not trainable and reference == "all":
+        return
     smallest = min(len(g) for g in groups)
     if method.info.inter_image and smallest - 1 < method.info.min_images:
         raise ConfigError(
@@ -171,7 +175,7 @@ def run_pgt(
     seed: int,
 ) -> PGTOutput:
     """Run the group-wise train/refine loop for every refiner on identical groups and training data."""
-    check_group_sizes(groups, method)
+    check_group_sizes(groups, method, any(r.trainable for r in refiners.values()), config.reference)
     rng = np.random.default_rng([seed, int(round(contamination * 1000))])
     scale = coarse_scaler(coarse.maps)
     coarse_maps = scale(coarse.maps)

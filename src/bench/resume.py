@@ -25,6 +25,11 @@ process.
 
 A FINISHED parent with the same hash does not block anything: a new parent starts (a repeat).
 ``RunConfig.resume = False`` (``bench run --no-resume``) always starts a new parent.
+
+The dataset is part of the identity: ``dataset_fingerprint`` (each test image's and mask's path,
+size and modification time) is a parameter of the parent, so blocks computed on other files are
+never mixed with new ones. When the files changed since an unfinished run of the same options
+(tag ``bench.options_hash``), a new parent starts and a line says so.
 """
 from __future__ import annotations
 
@@ -34,10 +39,14 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from bench.interfaces import Dataset
 from bench.tracking import Store, environment_tags
 
 HASH_TAG = "bench.config_hash"
+OPTIONS_TAG = "bench.options_hash"  # the config hash without the dataset fingerprint
+FINGERPRINT = "dataset_fingerprint"  # the parameter holding it
 HOST_TAG = "bench.host"
 PID_TAG = "bench.pid"
 RESUMED_TAG = "bench.resumed"  # how many times this parent was resumed
@@ -58,6 +67,22 @@ def config_hash(params: dict[str, object]) -> str:
     kept = {str(k): str(v) for k, v in params.items() if k not in NOT_IN_HASH}
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset: Dataset, categories: list[str]) -> str:
+    """sha256 (16 hex digits) of the test files of ``categories``: each image's and mask's path
+    relative to the dataset root, size and modification time, in order. Files are stat'ed, not read."""
+    digest = hashlib.sha256()
+    root = Path(dataset.root).resolve()
+    for category in categories:
+        for sample in dataset.test(category):
+            for path in (sample.path, sample.mask_path):
+                if path is None:
+                    continue
+                stat = Path(path).stat()
+                name = os.path.relpath(Path(path).resolve(), root)
+                digest.update(f"{category}|{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
 
 
 def _contamination(value: object) -> float:
@@ -119,11 +144,11 @@ def _owner_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
-def find_unfinished(store: Store, digest: str):
-    """The newest unfinished parent with hash ``digest`` whose owner is not alive, or None."""
+def find_unfinished(store: Store, digest: str, tag: str = HASH_TAG):
+    """The newest unfinished parent whose ``tag`` is ``digest`` and whose owner is not alive, or None."""
     runs = store.client.search_runs(
         [store.experiment_id],
-        f"tags.`{HASH_TAG}` = '{digest}' and tags.`bench.level` = 'parent'",
+        f"tags.`{tag}` = '{digest}' and tags.`bench.level` = 'parent'",
         order_by=["attributes.start_time DESC"],
     )
     for run in runs:
@@ -144,10 +169,15 @@ def start_or_resume(store: Store, name: str, params: dict[str, str], resume: boo
     together on the same config never resume into the same parent.
     """
     digest = config_hash(params)
+    options = config_hash({k: v for k, v in params.items() if k != FINGERPRINT})
     with store.lock():
         candidate = find_unfinished(store, digest) if resume else None
         if candidate is None:
-            parent = store.start_parent(name, params, tags={HASH_TAG: digest, **_owner_tags()})
+            stale = find_unfinished(store, options, OPTIONS_TAG) if resume else None
+            if stale is not None:
+                say(f"run {stale.info.run_id} of the same options is unfinished, but the dataset's files changed "
+                    "since it started (added, removed or modified); starting a new run instead of resuming it")
+            parent = store.start_parent(name, params, tags={HASH_TAG: digest, OPTIONS_TAG: options, **_owner_tags()})
             return ResumeState(parent)
         parent = candidate.info.run_id
         store.client.update_run(parent, status="RUNNING")

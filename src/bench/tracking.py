@@ -6,15 +6,20 @@ store, so every number shown comes from what was logged.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import math
 import os
 import platform
 import random
+import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +38,24 @@ _PACKAGES = ("anorefiner-bench", "torch", "torchvision", "open_clip_torch", "mlf
 
 
 def default_uri(out: Path) -> str:
-    return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+    """The sqlite store ``<out>/mlflow.db``, its path percent-encoded so that no character of
+    ``out`` is read as URI syntax (``%41``, ``?``, ``#`` stay part of the folder name)."""
+    path = str((Path(out) / "mlflow.db").resolve())
+    return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+@contextlib.contextmanager
+def _no_stray_folder(uri: str):
+    """MLflow creates the parent folder of a sqlite URI's path *as written* (percent-encoded):
+    an empty stray folder, removed again here when this call made it."""
+    written = Path(uri[len("sqlite:///"):].split("?", 1)[0]).parent if uri.startswith("sqlite:///") else None
+    stray = written if written is not None and written != sqlite_path(uri).parent and not written.exists() else None
+    try:
+        yield
+    finally:
+        if stray is not None:
+            with contextlib.suppress(OSError):
+                stray.rmdir()
 
 
 # Several `bench run` processes may share one sqlite store (same --out). SQLite serialises
@@ -57,7 +79,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (None for other stores or in-memory sqlite)."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0])  # as SQLAlchemy reads it
     return Path(path) if path and path != ":memory:" else None
 
 
@@ -72,17 +94,42 @@ def _is_locked(exc: BaseException) -> bool:
     return False
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+WRITE_ERRORS = ("full", "readonly", "disk i/o", "unable to open")  # sqlite's words for a store it cannot write
+
+
+def write_failure(exc: BaseException, what: str) -> BenchError | None:
+    """A BenchError for a store that cannot be written (full disk or database, read-only file,
+    I/O error: a sqlite or OS error anywhere in the chain), or None for any other exception."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        storage = isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in WRITE_ERRORS)
+        if storage or (isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS):
+            reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            return BenchError(f"{what}: cannot write{where}: {reason}; nothing of that call was stored. Free space "
+                              "or fix permissions and rerun the same command: the run resumes")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def retry_locked(call, what: str = "MLflow store"):
-    """``call`` wrapped to retry while sqlite reports "database is locked"."""
+    """``call`` wrapped to retry while sqlite reports "database is locked"; a store that cannot
+    be written is one BenchError (``write_failure``), and MLflow's own traceback of it is not logged."""
 
     @functools.wraps(call)
     def wrapper(*args, **kwargs):
         delay, largest = LOCK_BACKOFF_S
         for attempt in range(LOCK_RETRIES + 1):
             try:
-                return call(*args, **kwargs)
+                with _quiet_logger("mlflow.store.db.utils", logging.CRITICAL):
+                    return call(*args, **kwargs)
             except Exception as exc:
                 if not _is_locked(exc):
+                    failure = write_failure(exc, what)
+                    if failure is not None:
+                        raise failure from None
                     raise
                 if attempt == LOCK_RETRIES:
                     raise BenchError(
@@ -296,27 +343,66 @@ def _quiet_logger(name: str, level: int = logging.WARNING):
         logger.setLevel(before)
 
 
-def open_store(out: Path, tracking_uri: str | None = None, experiment: str = "bench") -> Store:
-    """The MLflow store (default: sqlite under ``out``), creating the experiment if needed."""
-    out = Path(out)
+REACH_TIMEOUT_S = 5.0  # an http(s) tracking server must accept a connection within this
+
+
+def require_reachable(tracking_uri: str) -> None:
+    """A BenchError within seconds when an http(s) tracking URI has no server listening (MLflow
+    itself retries for minutes before it says so). Behind a proxy the check is left to MLflow."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
+        return
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise BenchError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable folder") from None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=REACH_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise BenchError(f"--tracking-uri {tracking_uri}: no server answers there ({reason}); start one "
+                         "(`bench server`) or check the address") from None
+
+
+def _require_out(out: Path, create: bool, tracking_uri: str | None) -> None:
+    """Writers need a writable ``out``; readers (``create=False``) need its store and create nothing."""
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise BenchError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable folder") from None
+    elif tracking_uri is None and not (out / "mlflow.db").is_file():
+        raise BenchError(f"--out {out}: no MLflow store there ({out / 'mlflow.db'} not found); pass the results "
+                         "folder of a `bench run` (its --out), or --tracking-uri")
+
+
+def open_store(out: Path, tracking_uri: str | None = None, experiment: str = "bench", create: bool = True) -> Store:
+    """The MLflow store (default: sqlite ``<out>/mlflow.db``).
+
+    ``create`` (``bench run``): ``out`` is made and must be writable, and the experiment is
+    created if needed. Readers pass ``create=False``: nothing is written (a read-only store is
+    fine), and a missing store or experiment is an error naming it.
+    """
+    out = Path(out)
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise BenchError(f"--experiment {experiment!r}: the experiment name is empty; give one (default: bench)")
+    _require_out(out, create, tracking_uri)
     uri = with_busy_timeout(tracking_uri or default_uri(out))
+    require_reachable(uri)
     database = sqlite_path(uri)
-    lock_path = database.with_name(database.name + ".lock") if database is not None else None
+    lock_path = database.with_name(database.name + ".lock") if database is not None and create else None
     what = f"--tracking-uri {tracking_uri}" if tracking_uri else f"MLflow store {out / 'mlflow.db'}"
     # One process at a time creates the tables and the experiment: MLflow's first-use schema
     # migration and create_experiment race when two runs open a fresh store together. MLflow's
     # INFO lines about creating the tables are kept off the console.
-    with file_lock(lock_path), _quiet_logger("mlflow.store.db.utils"), _quiet_logger("alembic"):
+    with file_lock(lock_path), _no_stray_folder(uri), _quiet_logger("mlflow.store.db.utils"), _quiet_logger("alembic"):
         try:
             client = RetryingClient(MlflowClient(uri), what)
             found = client.get_experiment_by_name(experiment)
+            if found is None and not create:
+                raise BenchError(f"{what}: no experiment {experiment!r} there; see --experiment")
             if found is None:
                 local = None if tracking_uri else (out / "artifacts").resolve().as_uri()
                 experiment_id = client.create_experiment(experiment, artifact_location=local)

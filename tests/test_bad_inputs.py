@@ -11,58 +11,11 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from hostile import base, eval_args, fails, invoke, maps, out, run_args, tree  # noqa: F401 (fixtures)
 from PIL import Image
 
-from bench.cli import main
 from bench.datasets.synthetic import generate
 from bench.tracking import open_store
-
-FAST = ["--refiner", "none", "--quiet", "--n-groups", "2", "--no-cache"]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A valid one-category tree (12 test images, 64 px): copied, then broken, by each case."""
-    return generate(tmp_path_factory.mktemp("data") / "syn", seed=1, categories=["tile"], n_test=12, size=64, progress=False)
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory):
-    """One MLflow store for the whole module (a fresh store costs seconds of schema migration).
-    Every case has its own tree, so its config hash differs and no case resumes another's run."""
-    return tmp_path_factory.mktemp("out")
-
-
-@pytest.fixture
-def tree(base, tmp_path):
-    """A fresh copy of the base tree and its first anomalous image and mask."""
-    root = shutil.copytree(base, tmp_path / "tree")
-    image = sorted(p for p in (root / "tile" / "test").rglob("*.png") if p.parent.name != "good")[0]
-    mask = root / "tile" / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
-    return root, image, mask
-
-
-def invoke(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def fails(args, *needles):
-    """The command fails with one ``Error:`` line holding every needle; returns that line."""
-    result = invoke(args)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    print(lines[0])  # shown with -s: the message each bad input gets
-    return lines[0]
-
-
-def run_args(root, out, *extra):
-    return ["run", "--data-root", root, "--out", out, *FAST, *extra]
-
 
 # ----------------------------------------------------------------------------- dataset trees
 
@@ -171,7 +124,9 @@ def test_unusual_but_valid_inputs_work(tmp_path, out):
 
 
 def test_too_few_images_for_musc_groups(base, tmp_path, out):
-    fails(["run", "--data-root", base, "--out", out, "--refiner", "none", "--quiet", "--no-cache", "--n-groups", "6"],
+    """A trained refiner's synthetic images are scored against their group (see test_bad_options
+    for `--refiner none`, which has no such need)."""
+    fails(["run", "--data-root", base, "--out", out, "--refiner", "ard", "--quiet", "--no-cache", "--n-groups", "6"],
           "category 'tile' (12 test images)", "a PGT group has only 2 images", "musc", "needs at least",
           "lower pgt.n_groups or raise pgt.group_size")
 
@@ -251,23 +206,6 @@ def test_table_of_unknown_runs(base, tmp_path, out):
 
 
 # ----------------------------------------------------------------------------- bench eval
-
-
-@pytest.fixture
-def maps(base, tmp_path):
-    """Perfect maps for ``bench eval`` (the masks themselves), one .npy per test image."""
-    root = tmp_path / "maps"
-    for image in (base / "tile" / "test").rglob("*.png"):
-        mask = base / "tile" / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
-        values = np.asarray(Image.open(mask)) > 0 if mask.is_file() else np.zeros((64, 64), bool)
-        target = root / "tile" / "test" / image.parent.name / f"{image.stem}.npy"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, values.astype(np.float32))
-    return root
-
-
-def eval_args(maps, base):
-    return ["eval", "--maps", maps, "--data-root", base, "--json"]
 
 
 def test_eval_accepts_good_maps(maps, base):

@@ -44,7 +44,8 @@ def order_preserving_float32(maps: np.ndarray) -> np.ndarray:
     """
     if maps.dtype == np.float32:
         return maps
-    narrow = maps.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf here, and are then ranked
+        narrow = maps.astype(np.float32)
     if np.array_equal(narrow.astype(maps.dtype), maps):
         return narrow
     _, rank = np.unique(maps, return_inverse=True)

@@ -1,0 +1,92 @@
+"""Issue 17, dataset trees: files that were silently mis-read (16-bit images, duplicate rows or
+stems, broken links) are read right or refused with one ``Error:`` line naming them."""
+import os
+import shutil
+
+import numpy as np
+from hostile import base, fails, out, run_args, run_id, succeeds, tree  # noqa: F401 (fixtures)
+from PIL import Image
+
+from bench.tracking import open_store
+
+METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro"]
+
+
+def test_sixteen_bit_images_score_as_their_eight_bit_twins(base, tmp_path, out):
+    """16-bit grayscale PNGs decoded as all-white (AUROC 59.8 instead of 96.8 at 8 bit)."""
+    eight, sixteen = shutil.copytree(base, tmp_path / "eight"), shutil.copytree(base, tmp_path / "sixteen")
+    for image in (eight / "tile" / "test").rglob("*.png"):
+        gray = np.asarray(Image.open(image).convert("L"))
+        Image.fromarray(gray).save(image)
+        Image.fromarray(gray.astype(np.uint16) * 257).save(sixteen / image.relative_to(eight))
+    units = [open_store(out).units(run_id(succeeds(run_args(root, out, "--methods", "musc"))))[METRICS]
+             for root in (eight, sixteen)]
+    assert units[0].equals(units[1]), units
+
+
+def test_two_images_with_one_stem(tree, out):
+    """``000.png`` and ``000.jpg`` shared one mask in `bench run` (and one map in `bench eval`)."""
+    root, image, _ = tree
+    twin = image.with_suffix(".jpg")
+    Image.open(image).convert("RGB").save(twin)
+    fails(run_args(root, out, "--methods", "musc"), str(image), str(twin), f"same name stem {image.stem!r}")
+    fails(["eval", "--maps", root, "--data-root", root], str(twin), "same name stem")
+
+
+def test_dangling_link(tree, out):
+    root, image, _ = tree
+    image.unlink()
+    image.symlink_to(image.parent / "elsewhere.png")
+    fails(run_args(root, out, "--methods", "musc"), str(image), "symbolic link points to a missing file")
+
+
+def test_looping_link(tree, out):
+    root, image, _ = tree
+    image.unlink()
+    image.symlink_to(image)
+    fails(run_args(root, out, "--methods", "musc"), str(image), "symbolic link loops")
+
+
+def test_decompression_bomb(tree, out):
+    """A small PNG claiming 14000×14000 px: one error, not Pillow's DecompressionBombError."""
+    root, image, _ = tree
+    Image.new("1", (14000, 14000)).save(image, optimize=True)
+    fails(run_args(root, out, "--methods", "musc"), str(image), "refused to decode", "decompression bomb")
+
+
+def visa_tree(root, duplicate: bool):
+    """A VisA tree of one category from the synthetic tiles, one row per image (or one twice)."""
+    rows = ["object,split,label,image,mask"]
+    for i, image in enumerate(sorted((root / "tile" / "test").rglob("*.png"))):
+        if image.parent.name == "good":
+            rows.append(f"tile,test,normal,tile/test/good/{image.name},")
+        else:
+            mask = f"tile/ground_truth/{image.parent.name}/{image.stem}_mask.png"
+            rows.append(f"tile,test,anomaly,tile/test/{image.parent.name}/{image.name},{mask}")
+    if duplicate:
+        rows.append(rows[-1])
+    (root / "split_csv").mkdir()
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return len(rows)
+
+
+def test_visa_rows_twice(tree, out):
+    """Counted twice: image AUROC 100 -> 0.0, pixel AP 34.9 -> 0.9, no warning."""
+    root, _, _ = tree
+    n = visa_tree(root, duplicate=True)
+    fails(run_args(root, out, "--dataset", "visa", "--methods", "musc"), str(root / "split_csv" / "1cls.csv"),
+          f"lines {n - 1} and {n}", "listed twice")
+
+
+def test_file_names_that_are_not_utf8(tree, out):
+    """The figure step crashed on such a name after all the compute, leaving the run FAILED."""
+    root, _, _ = tree
+    for image in list((root / "tile" / "test").rglob("*.png")):
+        if image.parent.name == "good":
+            continue
+        mask = root / "tile" / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
+        for path, suffix in ((image, ".png"), (mask, "_mask.png")):
+            os.rename(path, path.parent / os.fsdecode(b"caf\xe9" + image.stem.encode() + suffix.encode()))
+    result = succeeds(run_args(root, out, "--methods", "musc"))
+    parent = open_store(out).client.get_run(run_id(result))
+    assert parent.info.status == "FINISHED"

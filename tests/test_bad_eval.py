@@ -1,0 +1,63 @@
+"""Issue 17, `bench eval`: maps are scored at their own precision, and a map or option that would
+give wrong numbers (wrong shape, empty, complex, out-of-range options) is one ``Error:`` line."""
+import json
+
+import numpy as np
+import pytest
+from hostile import base, eval_args, fails, maps, succeeds  # noqa: F401 (fixtures)
+
+
+def first_good(maps):
+    return sorted((maps / "tile" / "test" / "good").glob("*.npy"))[0]
+
+
+def scores(maps, base, *extra) -> dict:
+    return json.loads(succeeds(eval_args(maps, base, *extra)).output)["tile"]
+
+
+def test_float64_maps_keep_their_precision(maps, base):
+    """Maps differing by 1e-9 scored AUROC 0.5 once cast to float32; they separate perfectly."""
+    for path in maps.rglob("*.npy"):
+        np.save(path, 0.5 + 1e-9 * np.load(path).astype(np.float64))
+    got = scores(maps, base)
+    assert got["pixel_auroc"] == pytest.approx(1.0) and got["pixel_ap"] == pytest.approx(1.0)
+    assert got["image_auroc"] == pytest.approx(1.0)
+
+
+def test_float64_values_beyond_float32(maps, base):
+    for path in maps.rglob("*.npy"):
+        np.save(path, 1e300 * np.load(path).astype(np.float64))
+    assert scores(maps, base)["pixel_auroc"] == pytest.approx(1.0)
+
+
+def test_square_and_same_aspect_maps_are_resized(maps, base):
+    """A square map (from a square network input) and a map at a lower resolution are both fine."""
+    np.save(first_good(maps), np.zeros((16, 16), np.float32))
+    assert scores(maps, base)["pixel_auroc"] == pytest.approx(1.0)
+
+
+def test_map_with_another_aspect_ratio(maps, base):
+    victim = first_good(maps)
+    np.save(victim, np.zeros((32, 64), np.float32))
+    fails(eval_args(maps, base), str(victim), "map is 64x32 but its image is 64x64", "aspect ratio")
+
+
+@pytest.mark.parametrize("value,needle", [
+    (np.zeros((0, 0), np.float32), "the map is empty"),
+    (np.zeros((64, 64), np.complex64), "expected a 2-D real numeric map"),
+    (np.full((64, 64), np.inf), "NaN or infinite"),
+])
+def test_maps_that_cannot_be_scored_name_the_file(maps, base, value, needle):
+    victim = first_good(maps)
+    np.save(victim, value)
+    fails(eval_args(maps, base), str(victim), needle)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--mask-threshold", "1.5"], "--mask-threshold 1.5: must be in (0, 1)"),  # every pixel metric was null
+    (["--mask-threshold", "0"], "--mask-threshold 0.0: must be in (0, 1)"),
+    (["--eval-size", "0"], "--eval-size 0: must be a positive integer"),
+    (["--eval-size", "-5"], "--eval-size -5: must be a positive integer"),
+])
+def test_bad_eval_options(maps, base, extra, needle):
+    fails(eval_args(maps, base, *extra), needle)

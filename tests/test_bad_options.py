@@ -1,0 +1,65 @@
+"""Issue 17, options and config files: every number is validated as its type and range before any
+work (never truncated), and each bad value is one ``Error:`` line that names the option."""
+import pytest
+from hostile import base, fails, invoke, out, run_args, run_id, succeeds  # noqa: F401 (fixtures)
+
+from bench.config import RunConfig, apply_overrides, parse_set
+from bench.tracking import open_store
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--set", "seed=2.5"], ["invalid seed=2.5", "expected int"]),  # was truncated to 2, and 2 logged
+    (["--seed", "-1"], ["invalid seed=-1", "an integer >= 0"]),
+    (["--set", "pgt.n_groups=true"], ["invalid pgt.n_groups=True", "expected int"]),
+    (["--set", "data_root=[a,b]"], ["invalid data_root=['a', 'b']", "expected one folder path"]),
+    (["--set", "out="], ["invalid out=None", "expected one folder path"]),
+    (["--set", "experiment="], ["invalid experiment=None", "a non-empty experiment name"]),
+    (["--set", "pgt.fuse_coarse=.nan"], ["pgt.fuse_coarse=nan", "expected float"]),
+    (["--contamination", "0,0"], ["--contamination '0,0'", "0.0 given twice"]),
+])
+def test_bad_numbers_and_paths(base, out, extra, needles):
+    fails(run_args(base, out, *extra), *needles)
+
+
+def test_a_number_for_a_path_is_that_folder():
+    """``--set out=5``: the folder "5" (it raised a TypeError)."""
+    assert apply_overrides(RunConfig(), parse_set(("out=5",))).out.name == "5"
+
+
+def test_yaml_float_for_an_integer_option(base, out, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("pgt:\n  n_groups: 2.9\n")  # was truncated to 2
+    fails(["run", "--config", config, *run_args(base, out)[1:]], "invalid pgt.n_groups=2.9", "expected int")
+
+
+def test_yaml_that_is_not_utf8(base, out, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(b"seed: 1\nexperiment: caf\xe9\n")
+    fails(["run", "--config", config, *run_args(base, out)[1:]], str(config), "not UTF-8", "0xe9")
+
+
+def test_refiner_option_of_the_wrong_type_names_it(base, out, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("refiner_options:\n  ard: {steps: many}\n")
+    fails(["run", "--config", config, "--data-root", base, "--out", out, "--refiner", "ard", "--quiet", "--no-cache",
+           "--n-groups", "2", "--methods", "musc"], "refiner 'ard'", "invalid steps='many'", "expected int")
+
+
+def test_refiner_none_alone_needs_no_training_group_size(base, out):
+    """Groups of 2 images are too small to train a refiner on MuSc's maps (see test_bad_inputs),
+    but `--refiner none` trains nothing: it runs, and its maps are the coarse ones."""
+    result = succeeds(["run", "--data-root", base, "--out", out, "--refiner", "none", "--quiet", "--no-cache",
+                       "--n-groups", "6", "--methods", "musc"])
+    units = open_store(out).units(run_id(result))
+    assert list(units.refiner) == ["none"] and 0.5 < units.pixel_auroc.iloc[0] <= 1
+
+
+def test_empty_experiment_for_a_reader(base, out):
+    fails(["table", "--out", out, "--experiment", ""], "--experiment ''", "the experiment name is empty")
+
+
+def test_contamination_twice_in_yaml(base, out, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("pgt:\n  contamination: [0.1, 0.10]\n")
+    fails(["run", "--config", config, *run_args(base, out)[1:]], "0.1 given twice")
+    assert invoke(["run", "--help"]).exit_code == 0

@@ -1,0 +1,161 @@
+"""Issue 17, the store and the cache: altered cache files, a dataset changed under an unfinished
+run, odd characters in --out, full disks and databases, dead or read-only stores."""
+import contextlib
+import errno
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+
+import pytest
+import torch
+from hostile import base, fails, invoke, out, run_args, run_id, succeeds  # noqa: F401 (fixtures)
+from mlflow.exceptions import MlflowException
+from processes import free_port
+
+from bench.tracking import open_store
+
+MUSC = ["--methods", "musc"]
+METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro"]
+
+
+def cached_run(root, out, *extra):
+    args = [a for a in run_args(root, out, *MUSC, *extra) if a != "--no-cache"]
+    return succeeds(args)
+
+
+def test_an_altered_cache_file_is_recomputed(base, tmp_path):
+    """Well-formed files with altered tensor bytes were used (pixel AP 49.2 -> 47.4, no warning)."""
+    out = tmp_path / "out"
+    first = cached_run(base, out)
+    want = open_store(out).units(run_id(first))[METRICS]
+    for path in sorted((out / "cache").rglob("*.pt")):
+        record = torch.load(path, weights_only=True)
+        record["layers"] = {k: v + 0.5 for k, v in record["layers"].items()}  # checksum left as it was
+        torch.save(record, path)
+    second = cached_run(base, out, "--no-resume")
+    assert "do not match their checksum" in second.output
+    assert open_store(out).units(run_id(second))[METRICS].equals(want)
+
+
+def test_a_dataset_changed_under_an_unfinished_run_starts_a_new_one(base, tmp_path):
+    """Resume kept blocks computed on the old files: two answers for the same maps in one run."""
+    root, out = shutil.copytree(base, tmp_path / "tree"), tmp_path / "out"
+    first = run_id(succeeds(run_args(root, out, *MUSC)))
+    open_store(out).client.set_terminated(first, status="FAILED")  # as if killed
+    image = sorted((root / "tile" / "test" / "good").glob("*.png"))[0]
+    image.write_bytes(image.read_bytes() + b"\0")  # any change of a file: size or time
+    second = succeeds(run_args(root, out, *MUSC))
+    assert run_id(second) != first and "the dataset's files changed" in second.output
+
+
+@pytest.mark.parametrize("name", ["outp%41b", "outq?x", "out#1"])
+def test_out_is_taken_literally(base, tmp_path, name, monkeypatch):
+    """``--out 'outp%41b'`` wrote outpAb/mlflow.db; ``'outq?x'`` a sqlite file ``outq``."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store(name)
+    assert (tmp_path / name / "mlflow.db").is_file() and sorted(os.listdir(tmp_path)) == [name]
+    assert store.lock_path == tmp_path / name / "mlflow.db.lock"
+
+
+def test_out_is_taken_literally_by_a_run(base, tmp_path):
+    out = tmp_path / "o%41?x#y"
+    succeeds(run_args(base, out, *MUSC))
+    assert (out / "mlflow.db").is_file() and sorted(os.listdir(tmp_path)) == [out.name]
+
+
+def test_a_cache_write_that_fails_only_warns_once(base, tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError, which the cache did not catch."""
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1088 vs 982")
+
+    monkeypatch.setattr("bench.cache.torch.save", full)
+    result = cached_run(base, tmp_path / "out")
+    assert result.output.count("cannot write feature cache file") == 1
+    assert not list((tmp_path / "out" / "cache").rglob("*.pt"))
+
+
+def disk_full(*args, **kwargs):
+    """How MLflow's sqlite store reports a full disk or database."""
+    try:
+        raise sqlite3.OperationalError("database or disk is full")
+    except sqlite3.OperationalError as exc:
+        raise MlflowException("(sqlite3.OperationalError) database or disk is full") from exc
+
+
+def test_a_full_database_is_one_error_and_the_run_resumes(base, tmp_path, monkeypatch):
+    """235 lines and 5 tracebacks before; the store stays consistent: the rerun resumes and finishes."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    out = tmp_path / "out"
+    log_batch = SqlAlchemyStore.log_batch
+    calls = []
+
+    def full_after_the_parent(self, *args, **kwargs):  # the parent's parameters fit, the first unit does not
+        calls.append(1)
+        return log_batch(self, *args, **kwargs) if len(calls) == 1 else disk_full()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SqlAlchemyStore, "log_batch", full_after_the_parent)
+        fails(run_args(base, out, *MUSC), f"MLflow store {out / 'mlflow.db'}: cannot write", "database or disk is full",
+              "rerun")
+    parents = open_store(out).parents()
+    assert list(parents.status) == ["FAILED"]
+    again = succeeds(run_args(base, out, *MUSC))
+    assert run_id(again) == parents.run_id[0]
+
+
+def test_an_artifact_that_cannot_be_written_is_one_error(base, tmp_path, monkeypatch):
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    def no_space(self, local_file, artifact_path=None):
+        raise OSError(errno.ENOSPC, "No space left on device", local_file)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", no_space)
+    fails(run_args(base, tmp_path / "out", *MUSC), "cannot write", "No space left on device")
+
+
+def test_a_dead_tracking_server_fails_at_once(base, out):
+    """248 s of MLflow's retries before; now the connection is tried once (a few seconds at most)."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    fails(run_args(base, out, *MUSC, "--tracking-uri", uri), f"--tracking-uri {uri}", "no server answers there")
+    fails(["table", "--tracking-uri", uri], "no server answers there")
+
+
+def test_readers_given_no_store_create_nothing(tmp_path):
+    fails(["table", "--out", tmp_path / "typo"], f"--out {tmp_path / 'typo'}", "no MLflow store there")
+    assert not (tmp_path / "typo").exists()
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """``folder`` and its files made unwritable, even for root (``chattr +i``) where that works."""
+    paths = [folder, *folder.iterdir()]
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode:
+            pytest.skip("running as root on a file system without chattr +i")
+        undo = ["chattr", "-i", *map(str, paths)]
+    else:
+        for path in paths:
+            path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        undo = None
+    try:
+        yield
+    finally:
+        if undo:
+            subprocess.run(undo, check=True)
+        else:
+            for path in paths:
+                path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_table_reads_a_read_only_store(base, tmp_path):
+    out = tmp_path / "out"
+    succeeds(run_args(base, out, *MUSC))
+    shutil.rmtree(out / "artifacts")  # the table needs the database alone
+    with read_only(out):
+        with pytest.raises(OSError):
+            (out / "probe").write_text("")
+        table = invoke(["table", "--out", out, "--metric", "pixel_auroc"])
+    assert table.exit_code == 0 and "| tile" in table.output, table.output

@@ -90,3 +90,10 @@ def test_file_names_that_are_not_utf8(tree, out):
     result = succeeds(run_args(root, out, "--methods", "musc"))
     parent = open_store(out).client.get_run(run_id(result))
     assert parent.info.status == "FINISHED"
+
+
+def test_a_category_name_that_is_not_utf8(tree, out):
+    """Found in the second round: MLflow could not store the unit's tags (a traceback)."""
+    root, _, _ = tree
+    os.rename(root / "tile", root / os.fsdecode(b"caf\xe9"))
+    fails(run_args(root, out, "--methods", "musc"), str(root), "category folder 'caf\ufffd'", "not UTF-8")

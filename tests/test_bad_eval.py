@@ -61,3 +61,10 @@ def test_maps_that_cannot_be_scored_name_the_file(maps, base, value, needle):
 ])
 def test_bad_eval_options(maps, base, extra, needle):
     fails(eval_args(maps, base, *extra), needle)
+
+
+def test_an_image_scored_twice(maps, base):
+    """Found in the second round: the later row won silently."""
+    scores_file = maps / "tile" / "image_scores.csv"
+    scores_file.write_text("image,score\ngood/000,0.1\ngood/000,0.9\n")
+    fails(eval_args(maps, base), str(scores_file), "lines 2 and 3", "scored twice")

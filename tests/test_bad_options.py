@@ -16,6 +16,10 @@ from bench.tracking import open_store
     (["--set", "experiment="], ["invalid experiment=None", "a non-empty experiment name"]),
     (["--set", "pgt.fuse_coarse=.nan"], ["pgt.fuse_coarse=nan", "expected float"]),
     (["--contamination", "0,0"], ["--contamination '0,0'", "0.0 given twice"]),
+    # found in the second round
+    (["--seed", str(2**64)], [f"invalid seed={2**64}", "< 2**64"]),  # torch's ValueError after the work
+    (["--set", "figures=-1"], ["invalid figures=-1", ">= 0"]),
+    (["--contamination", "0.1,0.1000000001"], ["0.1 given twice"]),  # one block key: the second was skipped
 ])
 def test_bad_numbers_and_paths(base, out, extra, needles):
     fails(run_args(base, out, *extra), *needles)
@@ -63,3 +67,12 @@ def test_contamination_twice_in_yaml(base, out, tmp_path):
     config.write_text("pgt:\n  contamination: [0.1, 0.10]\n")
     fails(["run", "--config", config, *run_args(base, out)[1:]], "0.1 given twice")
     assert invoke(["run", "--help"]).exit_code == 0
+
+
+def test_a_data_root_that_is_not_utf8(base, out, tmp_path):
+    """Found in the second round: MLflow cannot store such a path (traceback after the work)."""
+    import os
+
+    root = tmp_path / os.fsdecode(b"caf\xe9")
+    root.symlink_to(base)
+    fails(run_args(root, out), "invalid data_root=", "not printable UTF-8")

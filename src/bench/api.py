@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
+import typing
 import warnings
 from contextlib import closing
 from dataclasses import dataclass
@@ -389,10 +390,21 @@ def method_catalog() -> list[MethodCard]:
     return cards
 
 
+def refiner_trains(name: str) -> bool:
+    """Whether refiner ``name`` trains, read off the class its factory declares it returns
+    (``Refiner.trainable``) without building it; a factory that declares none is taken to train."""
+    factory = REFINERS.entry(name).factory
+    try:
+        returned = typing.get_type_hints(factory).get("return", factory)
+    except (NameError, TypeError):
+        returned = factory
+    return bool(getattr(returned, "trainable", True))
+
+
 def preflight(dataset: Dataset, categories: list[str], methods: list[str], cfg: RunConfig) -> None:
     """Errors that need no pixels, raised before anything is computed or logged: method options,
     and PGT groups too small for a method in some category (the tree is scanned, not read)."""
-    trainable = any(getattr(REFINERS.entry(name).factory, "trainable", False) for name in REFINERS.resolve(cfg.refiners))
+    trainable = any(refiner_trains(name) for name in REFINERS.resolve(cfg.refiners))
     for method_name in methods:
         method = METHODS.create(method_name, **cfg.method_options.get(method_name, {}))
         for category in categories:

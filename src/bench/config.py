@@ -64,7 +64,8 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         pgt = self.pgt
         checks = [
-            (self.seed >= 0, "seed", self.seed, "an integer >= 0"),
+            (0 <= self.seed < 2**64, "seed", self.seed, "an integer >= 0 and < 2**64 (torch's seed range)"),
+            (self.figures >= 0, "figures", self.figures, "an integer >= 0 (0: no figure)"),
             (isinstance(self.experiment, str) and self.experiment.strip() != "", "experiment", self.experiment,
              "a non-empty experiment name"),
             (pgt.n_groups >= 1, "pgt.n_groups", pgt.n_groups, "an integer >= 1"),
@@ -159,7 +160,8 @@ def parse_contamination(text: str) -> tuple[float, ...]:
         raise ConfigError(f"invalid --contamination {text!r}: expected fractions like 0,0.1,0.2") from None
     if not values:
         raise ConfigError("--contamination is empty: expected fractions like 0,0.1,0.2")
-    repeated = sorted({v for v in values if values.count(v) > 1})
+    rounded = [round(v, 9) for v in values]  # as runs and resume key their blocks
+    repeated = sorted({v for v in rounded if rounded.count(v) > 1})
     if repeated:
         raise ConfigError(f"invalid --contamination {text!r}: {', '.join(map(str, repeated))} given twice; "
                           "each fraction is one block of the sweep")
@@ -258,7 +260,19 @@ def as_path(value: Any, name: str, optional: bool = False) -> Path | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Path)) or str(value).strip() == "":
         raise ConfigError(f"invalid {name}={value!r}: expected one folder path")
+    if not str(value).isprintable() or _not_utf8(str(value)):
+        raise ConfigError(f"invalid {name}={str(value)!r}: the path is not printable UTF-8 text, which the MLflow store "
+                          "needs; rename the folder")
     return Path(str(value))
+
+
+def _not_utf8(text: str) -> bool:
+    """A name whose bytes are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _field_type(target: Any, name: str) -> Any:

@@ -88,8 +88,9 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, maps: torch.Tensor, masks: 
     return metrics
 
 
-def read_map(path: Path) -> np.ndarray:
-    """One H×W float map, with errors that name the file."""
+def read_map(path: Path, precise: bool = False) -> np.ndarray:
+    """One H×W float32 map, with errors that name the file; ``precise``: float64 (and wide
+    integer) maps stay float64, as ``bench eval`` scores them."""
     if not path.is_file():
         raise BenchError(f"missing map {path}: expected one .npy per test image as <category>/test/<defect>/<name>.npy")
     with path.open("rb") as handle:
@@ -105,10 +106,13 @@ def read_map(path: Path) -> np.ndarray:
         raise BenchError(f"{path}: expected a 2-D real numeric map (H×W), got shape {data.shape} of {data.dtype}")
     if data.size == 0:
         raise BenchError(f"{path}: the map is empty ({data.shape[1]}x{data.shape[0]} pixels)")
-    # float16/float32 and small integers are exact in float32; wider values stay float64
-    data = data.astype(np.float32 if np.result_type(data.dtype, np.float32) == np.float32 else np.float64)
+    # float16/float32 and small integers are exact in float32; wider values stay float64 if ``precise``
+    wide = np.result_type(data.dtype, np.float32) != np.float32
+    with np.errstate(over="ignore"):
+        data = data.astype(np.float64 if wide and precise else np.float32)
     if not np.isfinite(data).all():
-        raise BenchError(f"{path}: the map holds NaN or infinite values")
+        beyond = " (or values beyond float32's range)" if wide and not precise else ""
+        raise BenchError(f"{path}: the map holds NaN or infinite values{beyond}")
     return data
 
 
@@ -119,8 +123,11 @@ def read_scores(path: Path) -> dict[str, float]:
             if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
                 found = ",".join(reader.fieldnames or []) or "nothing"
                 raise BenchError(f"{path}: expected the columns image,score (image as <defect>/<name>), found {found}")
-            scores = {}
+            scores, lines = {}, {}
             for line, row in enumerate(reader, start=2):
+                if lines.setdefault(row["image"], line) != line:
+                    raise BenchError(f"{path}, lines {lines[row['image']]} and {line}: image {row['image']!r} is "
+                                     "scored twice; expected one row per image")
                 try:
                     scores[row["image"]] = value = float(row["score"])
                 except (TypeError, ValueError):
@@ -138,7 +145,7 @@ def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_thres
     arrays = []
     for sample in samples:
         path = folder / "test" / sample.defect / f"{Path(sample.path).stem}.npy"
-        arrays.append(read_map(path))
+        arrays.append(read_map(path, precise=True))
         check_aspect(arrays[-1], image_size(sample.path), path)
     wide = any(a.dtype == np.float64 for a in arrays)
     maps = resize_each(arrays, size, torch.float64 if wide else torch.float32)

@@ -136,7 +136,7 @@ def test_a_folder_without_masks_runs_end_to_end_with_image_metric_tables(tiny_ro
     (["run", "--contamination", "0,2"], "pgt.contamination"),
     (["run", "--set", "pgt.n_groups=0"], "pgt.n_groups"),
     (["eval", "--maps", "/nonexistent/maps", "--data-root", "TREE"], "/nonexistent/maps"),
-    (["table", "--out", "EMPTY"], "no bench run yet"),
+    (["table", "--out", "EMPTY"], "no MLflow store there"),
 ])
 def test_bad_input_gives_one_clear_line(args, needle, tiny_root, tmp_path):
     args = [str(tiny_root) if a == "TREE" else str(tmp_path / "empty") if a == "EMPTY" else a for a in args]

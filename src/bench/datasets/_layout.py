@@ -90,8 +90,16 @@ def require_root(root: Path | str) -> Path:
 
 
 def category_dirs(root: Path) -> list[str]:
-    """Names of the visible sub-folders of ``root``, sorted."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p))
+    """Names of the visible sub-folders of ``root``, sorted; a name that is not UTF-8 is an error
+    (categories are labels in the store and the tables)."""
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p))
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise DatasetError(f"{root}: category folder {shown!r} has a name that is not UTF-8; rename it") from None
+    return names
 
 
 def unknown_category_error(name: str, known: list[str], where: Path) -> DatasetError:

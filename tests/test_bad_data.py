@@ -97,3 +97,21 @@ def test_a_category_name_that_is_not_utf8(tree, out):
     root, _, _ = tree
     os.rename(root / "tile", root / os.fsdecode(b"caf\xe9"))
     fails(run_args(root, out, "--methods", "musc"), str(root), "category folder 'caf\ufffd'", "not UTF-8")
+
+
+def test_a_broken_link_to_a_category_or_defect_folder(tree, tmp_path, out):
+    """Found in the second round: the whole category (or defect type) was dropped, exit 0."""
+    root, image, _ = tree
+    (root / "wood").symlink_to(tmp_path / "gone")
+    fails(run_args(root, out, "--methods", "musc"), str(root / "wood"), "symbolic link points to a missing file")
+    (root / "wood").unlink()
+    (root / "tile" / "test" / "scratch").symlink_to(root / "tile" / "test" / "scratch")
+    fails(run_args(root, out, "--methods", "musc"), "scratch", "symbolic link loops")
+
+
+def test_a_normal_folder_named_in_another_case(tree, out):
+    """Found in the second round: test/Good images counted as anomalous (folder layout without masks)."""
+    root, _, _ = tree
+    shutil.rmtree(root / "tile" / "ground_truth")
+    (root / "tile" / "test" / "good").rename(root / "tile" / "test" / "Good")
+    fails(run_args(root, out, "--methods", "musc"), str(root / "tile" / "test" / "Good"), "named 'good' exactly")

@@ -89,10 +89,19 @@ def require_root(root: Path | str) -> Path:
     return root
 
 
+def subfolders(folder: Path) -> list[Path]:
+    """The visible sub-folders of ``folder``; a broken or looping link among them is an error
+    (it would drop a whole category or defect type silently)."""
+    entries = [p for p in folder.iterdir() if _visible(p)]
+    for path in entries:
+        check_link(path)
+    return [p for p in entries if p.is_dir()]
+
+
 def category_dirs(root: Path) -> list[str]:
     """Names of the visible sub-folders of ``root``, sorted; a name that is not UTF-8 is an error
     (categories are labels in the store and the tables)."""
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p))
+    names = sorted(p.name for p in subfolders(root))
     for name in names:
         try:
             name.encode("utf-8")
@@ -151,10 +160,11 @@ def scan_test(root: Path, category: str, masks: bool, hint: str = "") -> list[Sc
     test_dir = cat_dir / "test"
     if not test_dir.is_dir():
         raise DatasetError(f"{test_dir}: category {category!r} has no test/ folder; {LAYOUT_HELP}")
-    defects = sorted(
-        (p.name for p in test_dir.iterdir() if p.is_dir() and _visible(p)),
-        key=lambda d: (d != GOOD, d),
-    )
+    defects = sorted((p.name for p in subfolders(test_dir)), key=lambda d: (d != GOOD, d))
+    for defect in defects:
+        if defect.lower() == GOOD and defect != GOOD:
+            raise DatasetError(f"{test_dir / defect}: the folder of normal images must be named {GOOD!r} exactly "
+                               f"(as {defect!r}, its images would count as anomalous); rename it")
     entries: list[ScannedImage] = []
     for defect in defects:
         images = list_images(test_dir / defect)

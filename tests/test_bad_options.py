@@ -76,3 +76,11 @@ def test_a_data_root_that_is_not_utf8(base, out, tmp_path):
     root = tmp_path / os.fsdecode(b"caf\xe9")
     root.symlink_to(base)
     fails(run_args(root, out), "invalid data_root=", "not printable UTF-8")
+
+
+def test_a_yaml_key_given_twice(base, out, tmp_path):
+    """Found in the second round: PyYAML kept the last value silently."""
+    config = tmp_path / "run.yaml"
+    config.write_text("seed: 1\npgt:\n  n_groups: 2\n  n_groups: 3\n")
+    fails(["run", "--config", config, *run_args(base, out)[1:]], str(config), "key 'n_groups' is given twice",
+          "line 4")

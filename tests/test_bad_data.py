@@ -4,7 +4,7 @@ import os
 import shutil
 
 import numpy as np
-from hostile import base, fails, out, run_args, run_id, succeeds, tree  # noqa: F401 (fixtures)
+from hostile import fails, run_args, run_id, succeeds
 from PIL import Image
 
 from bench.tracking import open_store

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from hostile import base, eval_args, fails, maps, succeeds  # noqa: F401 (fixtures)
+from hostile import eval_args, fails, succeeds
 
 
 def first_good(maps):

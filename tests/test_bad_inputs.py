@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from hostile import base, eval_args, fails, invoke, maps, out, run_args, tree  # noqa: F401 (fixtures)
+from hostile import eval_args, fails, invoke, run_args
 from PIL import Image
 
 from bench.datasets.synthetic import generate

@@ -1,7 +1,7 @@
 """Issue 17, options and config files: every number is validated as its type and range before any
 work (never truncated), and each bad value is one ``Error:`` line that names the option."""
 import pytest
-from hostile import base, fails, invoke, out, run_args, run_id, succeeds  # noqa: F401 (fixtures)
+from hostile import fails, invoke, run_args, run_id, succeeds
 
 from bench.config import RunConfig, apply_overrides, parse_set
 from bench.tracking import open_store

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import torch
-from hostile import base, fails, invoke, out, run_args, run_id, succeeds  # noqa: F401 (fixtures)
+from hostile import fails, invoke, run_args, run_id, succeeds
 from mlflow.exceptions import MlflowException
 from processes import free_port
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import tempfile
-import typing
 import warnings
 from contextlib import closing
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from bench.executors import EXECUTORS
 from bench.export import log_config, log_summary
 from bench.identity import run_name
 from bench.interfaces import Backbone, Dataset, Method
-from bench.protocol import PGTOutput, Stream, check_group_sizes, coarse_scores, make_groups, run_pgt
+from bench.protocol import PGTOutput, Stream, check_group_sizes, coarse_scores, make_groups, refiner_trains, run_pgt
 from bench.records import Sample
 from bench.registry import BACKBONES, METHODS, REFINERS
 from bench.resume import FINGERPRINT, ResumeState, dataset_fingerprint, start_or_resume
@@ -388,17 +387,6 @@ def method_catalog() -> list[MethodCard]:
         cards.append(MethodCard(name, paper, info.default_backbone, training, entry.in_all,
                                 dict(info.settings), info.deviations))
     return cards
-
-
-def refiner_trains(name: str) -> bool:
-    """Whether refiner ``name`` trains, read off the class its factory declares it returns
-    (``Refiner.trainable``) without building it; a factory that declares none is taken to train."""
-    factory = REFINERS.entry(name).factory
-    try:
-        returned = typing.get_type_hints(factory).get("return", factory)
-    except (NameError, TypeError):
-        returned = factory
-    return bool(getattr(returned, "trainable", True))
 
 
 def preflight(dataset: Dataset, categories: list[str], methods: list[str], cfg: RunConfig) -> None:

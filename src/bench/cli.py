@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import warnings
 from functools import wraps
 from pathlib import Path
@@ -229,25 +228,16 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
     import pandas as pd
 
     from bench.data import open_dataset, select_categories
-    from bench.evaluation import evaluate_maps
+    from bench.evaluation import evaluate_maps, json_safe
     from bench.render import frame_markdown
 
     ds = open_dataset(data_root, dataset)
     results = evaluate_maps(ds, select_categories(ds, categories), maps_root, eval_size, mask_threshold)
     if as_json:
         # an undefined metric (NaN, e.g. AUROC of a category without anomalies) is JSON null
-        click.echo(json.dumps(_json_safe(results), indent=2))
+        click.echo(json.dumps(json_safe(results), indent=2))
     else:
         click.echo(frame_markdown(pd.DataFrame(results).T.rename_axis("category") * 100))
-
-
-def _json_safe(value):
-    """NaN / infinity (undefined metrics) as None, so that the output is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def store_options(command):
@@ -357,34 +347,21 @@ def export(out: Path, tracking_uri: str | None, experiment: str, runs: str, fmt:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
-              help="Results folder holding mlflow.db (and artifacts/).")
-@click.option("--tracking-uri", help="Browse this database store (e.g. sqlite:///path/mlflow.db) instead of <out>/mlflow.db.")
-@click.option("--experiment", default="bench", show_default=True, help="The experiment the UI opens on.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to listen on. The UI has no authentication: bind another address only on a network you trust.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Holds mlflow.db.")
+@click.option("--tracking-uri", help="Browse this database store (sqlite:///...) instead of <out>/mlflow.db.")
+@click.option("--experiment", default="bench", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface (no authentication: trusted networks only).")
 @click.option("--port", default=5000, show_default=True)
 @friendly
 def ui(out: Path, tracking_uri: str | None, experiment: str, host: str, port: int) -> None:
     """Start the MLflow UI for the store in --out (Ctrl-C stops it, with every worker it started).
 
     \b
-    Examples:
-      bench ui
-      bench ui --out /data/results --port 5001
+    Example: bench ui --out /data/results --port 5001
     """
-    from bench.server import serve, server_uri, start
-    from bench.tracking import default_uri, open_store
+    from bench.server import start_ui
 
-    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
-        raise BenchError(f"--tracking-uri {tracking_uri}: a tracking server serves its own UI; open that address "
-                         "in a browser")
-    store = open_store(out, tracking_uri, experiment, create=False)  # says so when there is no store
-    uri = tracking_uri or default_uri(out)
-    process = start(uri, str((out / "artifacts").resolve()), host, port, workers=1)
-    click.echo(f"MLflow UI at {server_uri(host, port)}/#/experiments/{store.experiment_id} (pid {process.pid}, "
-               f"store {uri}). Ctrl-C stops it.")
-    raise SystemExit(serve(process))
+    raise SystemExit(start_ui(out, tracking_uri, experiment, host, port, click.echo))
 
 
 @main.command()

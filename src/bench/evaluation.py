@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,12 @@ def evaluate_maps(dataset: Dataset, categories: list[str], maps_root: Path, size
     keys = results[categories[0]].keys()
     results["mean"] = {k: float(np.mean([results[c][k] for c in categories])) for k in keys}
     return results
+
+
+def json_safe(value):
+    """NaN / infinity (undefined metrics) as None, so that ``bench eval --json`` is strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -9,6 +9,7 @@ it too; training-free refiners refine every group.
 from __future__ import annotations
 
 import time
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from bench.config import PGTConfig
 from bench.errors import ConfigError
 from bench.interfaces import Backbone, Method, Refiner
 from bench.records import FeatureSet, RefineBatch, ScoreOutput
+from bench.registry import REFINERS
 from bench.synth import SynthConfig, synthesize_set
 
 
@@ -97,6 +99,17 @@ def coarse_scores(method: Method, features: FeatureSet, groups: list[np.ndarray]
         maps = maps if maps is not None else torch.empty((n, *out.maps.shape[1:]))
         scores[group], maps[group] = out.image_scores[rows], out.maps[rows]
     return ScoreOutput(scores, maps)
+
+
+def refiner_trains(name: str) -> bool:
+    """Whether refiner ``name`` trains, read off the class its factory declares it returns
+    (``Refiner.trainable``) without building it; a factory that declares none is taken to train."""
+    factory = REFINERS.entry(name).factory
+    try:
+        returned = typing.get_type_hints(factory).get("return", factory)
+    except (NameError, TypeError):
+        returned = factory
+    return bool(getattr(returned, "trainable", True))
 
 
 def check_group_sizes(groups: list[np.ndarray], method: Method, trainable: bool = True, reference: str = "all") -> None:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 from bench.errors import BenchError
 
@@ -107,3 +109,20 @@ def serve(process: subprocess.Popen) -> int:
     finally:
         stop(process)
         signal.signal(signal.SIGTERM, previous)
+
+
+def start_ui(out: Path, tracking_uri: str | None, experiment: str, host: str, port: int,
+             echo: Callable[[str], object] = print) -> int:
+    """``bench ui``: the MLflow UI for an existing store, served like ``bench server`` (one error
+    when the port is taken, no worker left when stopped); returns its exit code."""
+    from bench.tracking import default_uri, open_store
+
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        raise BenchError(f"--tracking-uri {tracking_uri}: a tracking server serves its own UI; open that address "
+                         "in a browser")
+    store = open_store(out, tracking_uri, experiment, create=False)  # says so when there is no store
+    uri = tracking_uri or default_uri(out)
+    process = start(uri, str((Path(out) / "artifacts").resolve()), host, port, workers=1)
+    echo(f"MLflow UI at {server_uri(host, port)}/#/experiments/{store.experiment_id} (pid {process.pid}, "
+         f"store {uri}). Ctrl-C stops it.")
+    return serve(process)

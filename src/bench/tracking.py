@@ -6,20 +6,15 @@ store, so every number shown comes from what was logged.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
 import math
 import os
 import platform
 import random
-import socket
-import sqlite3
 import subprocess
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,31 +26,17 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from bench.errors import BenchError
+from bench.storeaccess import (
+    default_uri,
+    no_stray_folder,
+    require_reachable,
+    sqlite_path,
+    write_failure,
+)
 
 REPLICATES = "bootstrap.npz"  # a unit's bootstrap replicates (bench.bootstrap)
 UNIT_KEYS = ("dataset", "method", "refiner", "contamination", "category", "seed")
 _PACKAGES = ("anorefiner-bench", "torch", "torchvision", "open_clip_torch", "mlflow", "numpy", "scikit-learn")
-
-
-def default_uri(out: Path) -> str:
-    """The sqlite store ``<out>/mlflow.db``, its path percent-encoded so that no character of
-    ``out`` is read as URI syntax (``%41``, ``?``, ``#`` stay part of the folder name)."""
-    path = str((Path(out) / "mlflow.db").resolve())
-    return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
-
-
-@contextlib.contextmanager
-def _no_stray_folder(uri: str):
-    """MLflow creates the parent folder of a sqlite URI's path *as written* (percent-encoded):
-    an empty stray folder, removed again here when this call made it."""
-    written = Path(uri[len("sqlite:///"):].split("?", 1)[0]).parent if uri.startswith("sqlite:///") else None
-    stray = written if written is not None and written != sqlite_path(uri).parent and not written.exists() else None
-    try:
-        yield
-    finally:
-        if stray is not None:
-            with contextlib.suppress(OSError):
-                stray.rmdir()
 
 
 # Several `bench run` processes may share one sqlite store (same --out). SQLite serialises
@@ -75,14 +56,6 @@ def with_busy_timeout(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_S}"
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other stores or in-memory sqlite)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0])  # as SQLAlchemy reads it
-    return Path(path) if path and path != ":memory:" else None
-
-
 def _is_locked(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -92,26 +65,6 @@ def _is_locked(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
-WRITE_ERRORS = ("full", "readonly", "disk i/o", "unable to open")  # sqlite's words for a store it cannot write
-
-
-def write_failure(exc: BaseException, what: str) -> BenchError | None:
-    """A BenchError for a store that cannot be written (full disk or database, read-only file,
-    I/O error: a sqlite or OS error anywhere in the chain), or None for any other exception."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        storage = isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in WRITE_ERRORS)
-        if storage or (isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS):
-            reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            return BenchError(f"{what}: cannot write{where}: {reason}; nothing of that call was stored. Free space "
-                              "or fix permissions and rerun the same command: the run resumes")
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def retry_locked(call, what: str = "MLflow store"):
@@ -343,26 +296,6 @@ def _quiet_logger(name: str, level: int = logging.WARNING):
         logger.setLevel(before)
 
 
-REACH_TIMEOUT_S = 5.0  # an http(s) tracking server must accept a connection within this
-
-
-def require_reachable(tracking_uri: str) -> None:
-    """A BenchError within seconds when an http(s) tracking URI has no server listening (MLflow
-    itself retries for minutes before it says so). Behind a proxy the check is left to MLflow."""
-    parts = urllib.parse.urlsplit(tracking_uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return
-    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
-        return
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        socket.create_connection((parts.hostname, port), timeout=REACH_TIMEOUT_S).close()
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise BenchError(f"--tracking-uri {tracking_uri}: no server answers there ({reason}); start one "
-                         "(`bench server`) or check the address") from None
-
-
 def _require_out(out: Path, create: bool, tracking_uri: str | None) -> None:
     """Writers need a writable ``out``; readers (``create=False``) need its store and create nothing."""
     if create:
@@ -397,7 +330,7 @@ def open_store(out: Path, tracking_uri: str | None = None, experiment: str = "be
     # One process at a time creates the tables and the experiment: MLflow's first-use schema
     # migration and create_experiment race when two runs open a fresh store together. MLflow's
     # INFO lines about creating the tables are kept off the console.
-    with file_lock(lock_path), _no_stray_folder(uri), _quiet_logger("mlflow.store.db.utils"), _quiet_logger("alembic"):
+    with file_lock(lock_path), no_stray_folder(uri), _quiet_logger("mlflow.store.db.utils"), _quiet_logger("alembic"):
         try:
             client = RetryingClient(MlflowClient(uri), what)
             found = client.get_experiment_by_name(experiment)

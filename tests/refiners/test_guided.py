@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from bench.errors import ConfigError
 from bench.refiners.guided import LUMA, box_mean, guided_filter, make_guide
-from bench.refiners.none import upsample
+from bench.ops import upsample
 from bench.registry import REFINERS
 from refiner_inputs import images_and_coarse as inputs
 
@@ -71,7 +71,7 @@ def test_refiner_matches_reference_end_to_end(guide):
     images = ((raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).float()
     coarse = torch.rand(2, 4, 4, generator=g)
     out = make(radius=2, eps=1e-2, guide=guide, mean=mean, std=std).refine(images, None, coarse)
-    up = upsample(coarse, (8, 8)).double().numpy()
+    up = upsample(coarse, (8, 8), align_corners=False).double().numpy()
     for k in range(2):
         I = raw[k].permute(1, 2, 0).numpy()
         if guide == "gray":
@@ -128,7 +128,7 @@ def test_flat_image_gives_a_finite_box_smoothing():
     _, coarse = inputs(1, (16, 16), (4, 4))
     images = torch.full((1, 3, 16, 16), -0.3)
     out = make(radius=2).refine(images, None, coarse)
-    expected = box_mean(box_mean(upsample(coarse, (16, 16)).double(), 2), 2).float()
+    expected = box_mean(box_mean(upsample(coarse, (16, 16), align_corners=False).double(), 2), 2).float()
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 

@@ -132,7 +132,9 @@ def resize_input(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # losses (on logits, mean over pixels)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float | None) -> torch.Tensor:
+def focal_loss_from_logits(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float | None
+) -> torch.Tensor:
     """Binary focal loss on logits, mean over pixels: BCE·(1 − p_t)^γ (·α_t when ``alpha`` is given)."""
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p = torch.sigmoid(logits)
@@ -143,7 +145,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: 
     return loss.mean()
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def dice_loss_from_logits(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Soft dice over the whole mini-batch (defined when every mask is empty)."""
     p = torch.sigmoid(logits)
     inter = (p * target).sum()

@@ -53,13 +53,16 @@ from bench.refiners._trainable import (
     TrainOptions,
     check_norm,
     conv_norm_relu,
-    dice_loss,
-    focal_loss,
+    dice_loss_from_logits,
+    focal_loss_from_logits,
     make_norm,
     resize,
 )
 
-__all__ = ["ARDOptions", "ARDNet", "ARDRefiner", "make_ard", "focal_loss", "dice_loss", "COARSE_NORMS", "NORMS"]
+__all__ = [
+    "ARDOptions", "ARDNet", "ARDRefiner", "make_ard", "focal_loss_from_logits", "dice_loss_from_logits", "COARSE_NORMS",
+    "NORMS",
+]
 
 
 @dataclass
@@ -222,7 +225,8 @@ class ARDRefiner(TrainableRefiner):
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         o = self.opts
-        return o.focal_weight * focal_loss(logits, masks, o.focal_gamma, o.focal_alpha) + o.dice_weight * dice_loss(logits, masks)
+        focal = focal_loss_from_logits(logits, masks, o.focal_gamma, o.focal_alpha)
+        return o.focal_weight * focal + o.dice_weight * dice_loss_from_logits(logits, masks)
 
 
 @REFINERS.register("ard", "AnoRefiner's Anomaly Refinement Decoder (AR blocks + BI block), trained by PGT")

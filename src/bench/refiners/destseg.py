@@ -57,7 +57,7 @@ from bench.refiners._trainable import (
     TrainOptions,
     check_norm,
     conv_norm_relu,
-    focal_loss,
+    focal_loss_from_logits,
     make_norm,
 )
 
@@ -169,7 +169,7 @@ def destseg_loss(logits: torch.Tensor, masks: torch.Tensor, gamma: float = 4.0, 
                  focal_weight: float = 1.0, l1_weight: float = 1.0) -> torch.Tensor:
     """DeSTSeg's segmentation loss: focal(γ) + L1 on σ(logits), means over pixels."""
     l1 = (torch.sigmoid(logits) - masks).abs().mean()
-    return focal_weight * focal_loss(logits, masks, gamma, alpha) + l1_weight * l1
+    return focal_weight * focal_loss_from_logits(logits, masks, gamma, alpha) + l1_weight * l1
 
 
 class DeSTSegRefiner(TrainableRefiner):

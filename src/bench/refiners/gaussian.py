@@ -1,6 +1,6 @@
 """Gaussian smoothing of the upsampled coarse map: the training-free baseline ZSAD papers use.
 
-The coarse ``(B,h,w)`` map is bilinearly upsampled to the image size (``none``'s :func:`upsample`)
+The coarse ``(B,h,w)`` map is bilinearly upsampled to the image size (:func:`bench.ops.upsample`, as ``none``)
 and then smoothed with an isotropic Gaussian of standard deviation ``sigma`` pixels (of the image
 grid). This is the post-processing AnomalyCLIP applies to its maps — ``scipy.ndimage.
 gaussian_filter(map, sigma=4)`` on the upsampled map, scipy's defaults otherwise — and most
@@ -12,7 +12,7 @@ Options (defaults are AnomalyCLIP's):
     truncate: 4.0 — the kernel is cut at ``radius = int(truncate·sigma + 0.5)`` pixels (scipy's
         rule; kernel size ``2·radius + 1`` = 33 at sigma 4) and renormalised to sum 1.
 
-Implementation: ``scipy.ndimage.gaussian_filter`` (separable, ``mode="reflect"``: the map is
+Implementation (:func:`bench.ops.gaussian_smooth`): ``scipy.ndimage.gaussian_filter`` (separable, ``mode="reflect"``: the map is
 extended by mirroring about the edge, ``d c b a | a b c d``), applied to the two spatial axes of
 the whole batch at once, in float32 on the CPU; the result goes back to the input's device. We
 chose it over ``torchvision.transforms.functional.gaussian_blur`` because it is the very call
@@ -25,13 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from scipy.ndimage import gaussian_filter
 
 from bench.errors import ConfigError
 from bench.config import typed_options
 from bench.interfaces import Refiner
+from bench.ops import gaussian_smooth, upsample
 from bench.records import FeatureSet
-from bench.refiners.none import upsample
 from bench.registry import REFINERS
 
 
@@ -68,16 +67,6 @@ def options_from(kind: str, cls: type, options: dict[str, object]):
     return cls(**typed_options(cls, options))
 
 
-def gaussian_smooth(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """``(B,H,W)`` maps → the same maps, each smoothed by a Gaussian of ``sigma`` pixels (float32)."""
-    maps = maps.float()
-    if sigma == 0 or maps.numel() == 0:
-        return maps
-    array = maps.detach().cpu().numpy()
-    out = gaussian_filter(array, sigma=sigma, truncate=truncate, mode="reflect", axes=(-2, -1))
-    return torch.from_numpy(out).to(maps.device)
-
-
 class GaussianRefiner(Refiner):
     """Bilinear upsampling, then Gaussian smoothing (no training)."""
 
@@ -86,7 +75,7 @@ class GaussianRefiner(Refiner):
 
     @torch.no_grad()
     def refine(self, images: torch.Tensor, features: FeatureSet, coarse: torch.Tensor) -> torch.Tensor:
-        up = upsample(coarse, tuple(images.shape[-2:]))
+        up = upsample(coarse, tuple(images.shape[-2:]), align_corners=False)
         return gaussian_smooth(up, self.opts.sigma, self.opts.truncate)
 
 

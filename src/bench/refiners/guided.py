@@ -1,7 +1,7 @@
 """Guided upsampling of the coarse map by the image: He et al.'s guided filter, training-free.
 
-The coarse ``(B,h,w)`` map ``A`` is bilinearly upsampled to the image size (``none``'s
-:func:`upsample`) giving ``p``, which is then filtered with the image ``I`` as guide (K. He, J. Sun,
+The coarse ``(B,h,w)`` map ``A`` is bilinearly upsampled to the image size (:func:`bench.ops.upsample`,
+as ``none``) giving ``p``, which is then filtered with the image ``I`` as guide (K. He, J. Sun,
 X. Tang, "Guided Image Filtering", ECCV 2010 / TPAMI 2013, Algorithm 1). In every window ``ω_k`` of
 radius ``r`` the output is modelled as an affine function of the guide, ``q = a_k·I + b_k``, fitted
 to ``p`` by ridge regression::
@@ -52,7 +52,7 @@ from bench.errors import ConfigError
 from bench.interfaces import Refiner
 from bench.records import FeatureSet
 from bench.refiners.gaussian import options_from
-from bench.refiners.none import upsample
+from bench.ops import upsample
 from bench.registry import REFINERS
 
 GUIDES = ("gray", "color")
@@ -186,7 +186,7 @@ class GuidedRefiner(Refiner):
     def refine(self, images: torch.Tensor, features: FeatureSet, coarse: torch.Tensor) -> torch.Tensor:
         if images.shape[0] != coarse.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {coarse.shape[0]} coarse maps")
-        up = upsample(coarse.to(self.device), tuple(images.shape[-2:]))
+        up = upsample(coarse.to(self.device), tuple(images.shape[-2:]), align_corners=False)
         guide = make_guide(images.to(self.device), self.opts)
         out = guided_filter(guide, up, self.opts.radius, self.opts.eps)
         return out.float().to(images.device)

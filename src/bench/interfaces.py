@@ -1,4 +1,4 @@
-"""The contracts every plugin implements (DESIGN.md, section 3).
+"""The contracts every plugin implements (docs/design.md, section 3).
 
 A dataset, backbone, method or refiner is one file that subclasses one of these and registers
 its factory in ``bench.registry``; the protocol only talks to these interfaces.
@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -91,12 +92,40 @@ class Backbone(ABC):
 
     @property
     def extra_channels(self) -> dict[str, int]:
-        """Further FeatureSet layers a method asked for (e.g. WinCLIP's window embeddings).
+        """Further FeatureSet layers a method asked for (its ``BackboneExtra`` outputs, e.g. WinCLIP's
+        window embeddings).
 
         They travel and are cached with the patch features but are not offered to refiners.
         Default: none.
         """
         return {}
+
+
+class BackboneExtra(ABC):
+    """An extra output a method asks its backbone to compute in the backbone's own pass.
+
+    The method-side hook for what the plain features lack (WinCLIP's window embeddings, AnomalyCLIP's
+    V-V attention path, AdaCLIP's prompted forward): the class lives in the method's package and the
+    method names it in its backbone options, ``{"extras": {ExtraClass: {option: value}}}``. A
+    backbone that supports extras (``OpenClipBackbone``) creates ``ExtraClass(backbone, **options)``
+    once, runs ``compute`` under its inference mode and autocast on every batch it embeds, adds the
+    returned layers to the FeatureSet (``Backbone.extra_channels``: cached with the features, not
+    offered to refiners) and puts ``{name: identity()}`` into its cache identity. The core never
+    names an extra, so a new one is a file in its method's package.
+    """
+
+    name: ClassVar[str]  # its key in the backbone's ``extras`` and cache identity; unique per backbone
+    channels: dict[str, int]  # the FeatureSet layers ``compute`` returns, each ``(B, C, h, w)``
+
+    @abstractmethod
+    def identity(self) -> dict[str, object]:
+        """Everything that determines the extra's output besides the backbone (JSON-able): its cache key."""
+
+    @abstractmethod
+    def compute(self, x: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Preprocessed ``(B, 3, S, S)`` batch on the backbone's device, and the global embedding of the
+        backbone's own pass (unnormalised) → the extra layers, so that an extra that needs the
+        embedding runs no second forward."""
 
 
 @dataclass(frozen=True)

@@ -116,5 +116,3 @@ METHODS: Registry = Registry("method", "bench.methods")
 REFINERS: Registry = Registry("refiner", "bench.refiners")
 DATASETS: Registry = Registry("dataset", "bench.datasets")
 BACKBONES: Registry = Registry("backbone", "bench.backbones")
-# Extra outputs of the open_clip backbone that some methods need (bench/backbones/clip_extras/).
-CLIP_EXTRAS: Registry = Registry("CLIP feature extra", "bench.backbones.clip_extras")

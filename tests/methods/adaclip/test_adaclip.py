@@ -2,7 +2,7 @@
 inputs, the prompted text tower against a hand loop, the official checkpoint keys, the errors,
 training, and a `bench run` smoke test on a random ViT-B-32.
 
-The prompted visual forward is pinned in tests/backbones/clip_extras/test_adaclip_prompts.py.
+The prompted visual forward is pinned in tests/methods/adaclip/test_visual.py.
 Each image encodes its own 48 prompted sentences; the ViT-B-32 checks use 1 of the 4 templates
 (``few_templates``: 12 sentences) to stay fast on a CPU.
 """
@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from clip_helpers import assert_missing_weights_named, assert_runs
 from fakes import TinyBackbone
 
-from bench.backbones.clip_extras import adaclip_prompts as AP
 from bench.errors import ConfigError, WeightsError
 from bench.methods import adaclip as A
+from bench.methods.adaclip import model as M
+from bench.methods.adaclip import train as T
+from bench.methods.adaclip import visual as AP
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
 
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def few_templates():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(A, "TEMPLATES", A.TEMPLATES[:1])
+        patch.setattr(M, "TEMPLATES", M.TEMPLATES[:1])
         yield
 
 
@@ -41,32 +43,32 @@ def sigmoid(x: float) -> float:
 
 
 def test_sentences_are_the_official_ones():
-    assert A.TEMPLATES == ("a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
+    assert M.TEMPLATES == ("a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
                            "a cropped photo of the {}.")
-    normal, abnormal = A.prompt_sentences("pipe-fryum")
+    normal, abnormal = M.prompt_sentences("pipe-fryum")
     assert len(normal) == 7 * 4 and len(abnormal) == 5 * 4
     assert normal[0] == "a bad photo of a pipe fryum."  # '-' read as a space, as official
     assert normal[4] == "a bad photo of a flawless pipe fryum."  # state-major
     assert abnormal[-1] == "a cropped photo of the pipe fryum with damage."
-    assert A.prompt_sentences("metal_nut")[1][1] == "a low resolution photo of the damaged metal_nut."
+    assert M.prompt_sentences("metal_nut")[1][1] == "a low resolution photo of the damaged metal_nut."
 
 
 def test_layers_and_backbone_options_are_the_official_ones():
-    assert A.official_layers(24) == ("block6", "block12", "block18", "block24")
-    assert A.official_layers(12) == ("block3", "block6", "block9", "block12")
+    assert M.official_layers(24) == ("block6", "block12", "block18", "block24")
+    assert M.official_layers(12) == ("block3", "block6", "block9", "block12")
     method = METHODS.create("adaclip", checkpoint="untrained", init_seed=2)
     extra = {"checkpoint": "untrained", "length": 5, "depth": 4, "init_seed": 2}
     assert method.backbone_options("ViT-L-14-336") == {
-        "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "extras": {AP.NAME: extra}}
+        "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "extras": {AP.AdaCLIPPrompts: extra}}
     assert method.backbone_options("ViT-B-16") == {"layers": ("block3", "block6", "block9", "block12"),
-                                                   "extras": {AP.NAME: extra}}
+                                                   "extras": {AP.AdaCLIPPrompts: extra}}
     assert method.backbone_options("efficientnet-lite0") == {}
     info = method.info
     assert info.needs_auxiliary_training and not info.inter_image and info.default_backbone == "ViT-L-14-336"
     assert info.arxiv == "2407.15795" and info.backbone_options["ViT-L-14-336"]["input_size"] == 518
-    training = (A.TRAIN_LR, A.TRAIN_BETAS, A.TRAIN_EPOCHS, A.TRAIN_BATCH_SIZE, A.TRAIN_SEED)
+    training = (T.TRAIN_LR, T.TRAIN_BETAS, T.TRAIN_EPOCHS, T.TRAIN_BATCH_SIZE, T.TRAIN_SEED)
     assert training == (0.01, (0.5, 0.999), 5, 1, 111)
-    assert (A.K_CLUSTERS, A.TOKENS_PER_CLUSTER, A.HSF_ALPHA, A.LOGIT_SCALE) == (20, 5, 0.2, 100.0)
+    assert (M.K_CLUSTERS, M.TOKENS_PER_CLUSTER, M.HSF_ALPHA, M.LOGIT_SCALE) == (20, 5, 0.2, 100.0)
     assert "adaclip" in METHODS.names() and "adaclip" in METHODS.resolve("all")
     with pytest.raises(ConfigError, match="resolution"):
         METHODS.create("adaclip", resolution="pixels")
@@ -82,7 +84,7 @@ def test_map_is_the_softmax_of_the_mean_logits_over_layers_by_hand():
     first = [(1.0, 2.0), (0.0, -1.0), (3.0, 3.5), (-2.0, 0.0)]
     second = [(0.0, 0.0), (2.0, 0.5), (1.0, -1.0), (0.0, 4.0)]
     logits = [torch.tensor([first]), torch.tensor([second])]
-    out = A.anomaly_map(logits, (2, 2))
+    out = M.anomaly_map(logits, (2, 2))
     assert out.shape == (1, 2, 2)
     for p in range(4):
         mean_normal = (first[p][0] + second[p][0]) / 2
@@ -90,7 +92,7 @@ def test_map_is_the_softmax_of_the_mean_logits_over_layers_by_hand():
         assert out[0, p // 2, p % 2].item() == pytest.approx(sigmoid(mean_abnormal - mean_normal), abs=1e-6)
     # the official order: upsampled (align_corners=True) before the softmax; a 2x2 grid to 3x3 keeps
     # the corners and puts the mean of the four patches' logits at the centre
-    big = A.anomaly_map(logits, (2, 2), size=3)
+    big = M.anomaly_map(logits, (2, 2), size=3)
     assert big.shape == (1, 3, 3)
     assert big[0, 0, 2].item() == pytest.approx(out[0, 0, 1].item(), abs=1e-6)
     assert big[0, 2, 0].item() == pytest.approx(out[0, 1, 0].item(), abs=1e-6)
@@ -111,7 +113,7 @@ def _hsf_case():
 def test_hybrid_semantic_fusion_by_hand():
     layers, logits = _hsf_case()
     patches = [torch.tensor(layer[None], dtype=torch.float32) for layer in layers]
-    fused = A.hybrid_semantic_fusion(patches, logits, k_clusters=2)  # keeps 5 * 2 = 10 patches
+    fused = M.hybrid_semantic_fusion(patches, logits, k_clusters=2)  # keeps 5 * 2 = 10 patches
     # by hand: each cluster's tokens averaged over members and layers, then the two clusters averaged
     mean_x = sum(layers[i][p] for i in range(2) for p in range(7)) / 14
     mean_y = sum(layers[i][p] for i in range(2) for p in range(7, 10)) / 6
@@ -124,7 +126,7 @@ def test_hybrid_semantic_fusion_by_hand():
     assert np.abs(plain / np.linalg.norm(plain) - expected).max() > 0.1
     # fewer patches than clusters: each kept patch is its own cluster -> the mean of all of them
     few = [z[:, :4] for z in patches]
-    out = A.hybrid_semantic_fusion(few, [layer[:, :4] for layer in logits], k_clusters=20)
+    out = M.hybrid_semantic_fusion(few, [layer[:, :4] for layer in logits], k_clusters=20)
     mean = sum(layers[i][p] for i in range(2) for p in range(4)) / 8
     np.testing.assert_allclose(out[0].numpy(), mean / np.linalg.norm(mean), atol=1e-5)
 
@@ -133,11 +135,11 @@ def test_image_score_by_hand():
     text = torch.eye(2)[None]  # columns: normal (1, 0), abnormal (0, 1)
     u = torch.tensor([[0.6, 0.8]])
     f = torch.tensor([[1.0, 0.0]])
-    plain = A.image_logits(u, text).softmax(dim=-1)[0, 1].item()
+    plain = M.image_logits(u, text).softmax(dim=-1)[0, 1].item()
     assert plain == pytest.approx(sigmoid(100 * (0.8 - 0.6)), rel=1e-6)
     g = (0.2 * 1.0 + 0.8 * 0.6, 0.8 * 0.8)  # 0.2 f + 0.8 u, then normalised
     norm = math.hypot(*g)
-    fused = A.image_logits(u, text, f).softmax(dim=-1)[0, 1].item()
+    fused = M.image_logits(u, text, f).softmax(dim=-1)[0, 1].item()
     assert fused == pytest.approx(sigmoid(100 * (g[1] - g[0]) / norm), rel=1e-5)
 
 
@@ -165,7 +167,7 @@ def test_training_loss_by_hand():
     pixels += row_dice(p1, target) + row_dice([1 - p for p in p1], [1 - t for t in target])
     for label in (1, 0):  # the image's label, whatever its mask (official: the sample's 'anomaly')
         expected = focal(sigmoid(1.2 - 0.3), label) + pixels
-        got = A.training_loss(logits, image, mask, torch.tensor([label]), (2, 2)).item()
+        got = T.training_loss(logits, image, mask, torch.tensor([label]), (2, 2)).item()
         assert got == pytest.approx(expected, rel=1e-5)
     whole_image = dice(p1, target) + dice([1 - p for p in p1], [1 - t for t in target])
     assert abs(whole_image - row_dice(p1, target) - row_dice([1 - p for p in p1], [1 - t for t in target])) > 0.05
@@ -212,12 +214,12 @@ def test_prompted_text_tower_by_hand(bound):
     ids = backbone.tokenizer(["a bad photo of a damaged tile.", "a cropped photo of the flawless metal nut."])
     with torch.no_grad():
         # depth 1: the sentence goes through unprompted, i.e. CLIP's own text embedding
-        unprompted = AP.HybridPrompts(512, 512, length=5, depth=1)
+        unprompted = M.HybridPrompts(512, 512, length=5, depth=1)
         dynamic = torch.randn(2, 5, 512, generator=torch.Generator().manual_seed(0))
-        torch.testing.assert_close(A.encode_prompted_text(model, ids, unprompted, dynamic), model.encode_text(ids),
+        torch.testing.assert_close(M.encode_prompted_text(model, ids, unprompted, dynamic), model.encode_text(ids),
                                    atol=1e-5, rtol=1e-5)
-        prompts = AP.HybridPrompts(512, 512, length=5, depth=4)
-        got = A.encode_prompted_text(model, ids, prompts, dynamic)
+        prompts = M.HybridPrompts(512, 512, length=5, depth=4)
+        got = M.encode_prompted_text(model, ids, prompts, dynamic)
         want = hand_text(model, ids, prompts.static, dynamic, 5, 4)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         assert (got - model.encode_text(ids)).abs().max() > 1e-3
@@ -229,12 +231,12 @@ def test_text_features_are_per_image_class_means(bound):
     with torch.no_grad():
         text = method.text(clip, ["tile", "tile"])
         assert text.shape == (2, 512, 2)
-        normal, abnormal = A.prompt_sentences("tile")
+        normal, abnormal = M.prompt_sentences("tile")
         assert len(normal) == 7 and len(abnormal) == 5  # one template
         ids = backbone.tokenizer(normal + abnormal)
         for b in range(2):
-            dynamic = method.head.text.dynamic(clip[b:b + 1]).expand(12, -1, -1)
-            z = F.normalize(hand_text(backbone.model, ids, method.head.text.static, dynamic, 5, 4), dim=-1)
+            dynamic = method.learned.text.dynamic(clip[b:b + 1]).expand(12, -1, -1)
+            z = F.normalize(hand_text(backbone.model, ids, method.learned.text.static, dynamic, 5, 4), dim=-1)
             for column, rows in enumerate((z[:7], z[7:])):
                 mean = rows.mean(dim=0)
                 torch.testing.assert_close(text[b, :, column], mean / mean.norm(), atol=1e-5, rtol=1e-5)
@@ -246,16 +248,16 @@ def test_score_wires_the_pinned_formulas(bound):
     features = _features(backbone)
     out = method.score(features)
     assert out.maps.shape == (2, 2, 2) and out.image_scores.shape == (2,)
-    head = method.head
+    head = method.learned
     with torch.no_grad():
         text = method.text(features.layers["adaclip_clip_image"].flatten(1), ["tile", "tile"])
         patches = [F.normalize(head.patch[i](features.layers[f"adaclip_{name}"].flatten(2).transpose(1, 2)), dim=-1)
                    for i, name in enumerate(method.layers)]
         logits = [100 * z @ text for z in patches]
         image = F.normalize(head.image(features.layers["adaclip_image"].flatten(1)), dim=-1)
-        fused = A.hybrid_semantic_fusion(patches, logits, 20)
-        scores = A.image_logits(image, text, fused).softmax(dim=-1)[:, 1]
-    torch.testing.assert_close(out.maps, A.anomaly_map(logits, (2, 2)))
+        fused = M.hybrid_semantic_fusion(patches, logits, 20)
+        scores = M.image_logits(image, text, fused).softmax(dim=-1)[:, 1]
+    torch.testing.assert_close(out.maps, M.anomaly_map(logits, (2, 2)))
     torch.testing.assert_close(out.image_scores, scores)
     # per image: reference ignored, one image alone scores the same
     torch.testing.assert_close(method.score(features, reference=features).maps, out.maps)
@@ -268,7 +270,7 @@ def test_score_wires_the_pinned_formulas(bound):
         method.resolution = "grid"
     method.use_hsf = False
     try:
-        torch.testing.assert_close(method.score(features).image_scores, A.image_logits(image, text).softmax(-1)[:, 1])
+        torch.testing.assert_close(method.score(features).image_scores, M.image_logits(image, text).softmax(-1)[:, 1])
     finally:
         method.use_hsf = True
 
@@ -300,7 +302,7 @@ def test_official_checkpoint_and_our_format(few_templates, tmp_path):
     backbone = _backbone(method, layers=("block12", "block9", "block6", "block3"))
     method.bind(backbone)
     assert method.layers == ("block3", "block6", "block9", "block12")
-    head, extra = method.head, backbone.extras[AP.NAME]
+    head, extra = method.learned, backbone.extras[AP.NAME]
     assert torch.equal(head.patch[0].weight, raw["clip_model.patch_token_layer.head.0.weight"])
     assert torch.equal(head.patch[3].bias, raw["clip_model.patch_token_layer.head.3.bias"])
     assert torch.equal(head.image.weight, raw["clip_model.cls_token_layer.head.0.weight"])
@@ -311,7 +313,7 @@ def test_official_checkpoint_and_our_format(few_templates, tmp_path):
     # ours: save, reload, same scores
     features = _features(backbone)
     before = method.score(features)
-    saved = A.save_prompts(method, tmp_path / "ours.pt")
+    saved = method.save(tmp_path / "ours.pt")
     again = METHODS.create("adaclip", checkpoint=str(saved))
     again_backbone = _backbone(again)
     again.bind(again_backbone)
@@ -322,9 +324,23 @@ def test_official_checkpoint_and_our_format(few_templates, tmp_path):
     # an official checkpoint with 3 patch heads does not fit 4 layers
     del raw["clip_model.patch_token_layer.head.3.weight"], raw["clip_model.patch_token_layer.head.3.bias"]
     torch.save(raw, path)
+    fewer = METHODS.create("adaclip", checkpoint=str(path))
+    fewer_backbone = _backbone(fewer)  # its extra reads the file (once) and loads the visual prompts, which fit
     with pytest.raises(WeightsError, match="number of layers") as info:
-        METHODS.create("adaclip", checkpoint=str(path)).bind(backbone)
+        fewer.bind(fewer_backbone)
     assert str(path) in str(info.value)
+
+
+def test_the_checkpoint_is_read_once(tmp_path, monkeypatch):
+    path = tmp_path / "pretrained_visa_clinicdb.pth"
+    torch.save(_official_vit_b32_state(), path)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(str(f)) or real_load(f, *a, **k))
+    method = METHODS.create("adaclip", checkpoint=str(path))
+    method.bind(_backbone(method))  # the backbone's extra reads it; the method takes its parts from the extra
+    assert reads == [str(path.resolve())]
+    assert method.info.settings["checkpoint_source"] == "official"
 
 
 def test_errors_are_clear(bound, monkeypatch):
@@ -345,11 +361,11 @@ def test_errors_are_clear(bound, monkeypatch):
     with pytest.raises(WeightsError) as info:
         METHODS.create("adaclip").bind(backbone)
     for needle in ("method_options.adaclip.checkpoint", "pretrained_visa_clinicdb.pth",
-                   "pretrained_mvtec_colondb.pth", "train_prompts", "untrained"):
+                   "pretrained_mvtec_colondb.pth", "adaclip.train.train", "untrained"):
         assert needle in str(info.value), needle
 
 
-def test_train_prompts_reduces_its_loss_through_both_towers(few_templates, tmp_path):
+def test_train_reduces_its_loss_through_both_towers(few_templates, tmp_path):
     from bench.datasets.synthetic import generate
 
     root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=4, size=64, progress=False)
@@ -357,15 +373,15 @@ def test_train_prompts_reduces_its_loss_through_both_towers(few_templates, tmp_p
     backbone = _backbone(method)
     method.bind(backbone)
     extra = backbone.extras[AP.NAME]
-    start = {"visual": extra.prompts.static[1].clone(), "text": method.head.text.static[1].clone(),
-             "patch": method.head.patch[0].weight.clone(), "image": method.head.image.weight.clone()}
+    start = {"visual": extra.prompts.static[1].clone(), "text": method.learned.text.static[1].clone(),
+             "patch": method.learned.patch[0].weight.clone(), "image": method.learned.image.weight.clone()}
     identity = backbone.identity()
     saved = tmp_path / "trained.pt"
-    losses = A.train_prompts(method, backbone, root, epochs=2, batch_size=4, lr=1e-3, save=saved)
+    losses = T.train(method, backbone, root, epochs=2, batch_size=4, lr=1e-3, save=saved)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert losses[1] < 0.8 * losses[0]
-    now = {"visual": extra.prompts.static[1], "text": method.head.text.static[1],
-           "patch": method.head.patch[0].weight, "image": method.head.image.weight}
+    now = {"visual": extra.prompts.static[1], "text": method.learned.text.static[1],
+           "patch": method.learned.patch[0].weight, "image": method.learned.image.weight}
     for name, value in now.items():
         assert not torch.equal(value, start[name]), name
         assert not value.requires_grad
@@ -379,11 +395,11 @@ def test_train_prompts_reduces_its_loss_through_both_towers(few_templates, tmp_p
     torch.testing.assert_close(reloaded.score(_features(reloaded_backbone)).maps, expected)
     assert reloaded.provenance["trained"]["steps"] == 2
     with pytest.raises(ConfigError, match="epochs"):
-        A.train_prompts(method, backbone, root, epochs=0)
+        T.train(method, backbone, root, epochs=0)
 
 
 def test_bench_run_smoke(few_templates, synthetic_tiles, tmp_path):
     out = tmp_path / "out"
     assert_runs("adaclip", synthetic_tiles, out)  # random weights: untrained prompts by default
     missing = tmp_path / "pretrained_visa_clinicdb.pth"
-    assert_missing_weights_named("adaclip", synthetic_tiles, out, missing, "train_prompts")
+    assert_missing_weights_named("adaclip", synthetic_tiles, out, missing, "adaclip.train.train")

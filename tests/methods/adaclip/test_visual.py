@@ -1,4 +1,4 @@
-"""AdaCLIP's prompted visual forward (bench/backbones/clip_extras/adaclip_prompts.py): the forward
+"""AdaCLIP's prompted visual forward (bench/methods/adaclip/visual.py): the forward
 pinned against a hand loop over open_clip's blocks, per-image dynamic prompts, gradients for
 training, checkpoints (the official key names included) and the feature-cache identity.
 
@@ -14,10 +14,11 @@ import pytest
 import torch
 from fakes import registered_tiny_vit
 
-from bench.backbones.clip_extras import adaclip_prompts as AP
 from bench.backbones.openclip import OpenClipBackbone
 from bench.cache import backbone_fingerprint
 from bench.errors import ConfigError, WeightsError
+from bench.methods.adaclip import checkpoint as C
+from bench.methods.adaclip import visual as AP
 
 TINY = "bench-test-adaclip-vit"
 LENGTH, DEPTH = 2, 3
@@ -33,7 +34,7 @@ def tiny_arch():
 
 def make(arch: str, **options) -> OpenClipBackbone:
     extra = {"length": LENGTH, "depth": DEPTH, **options}
-    return OpenClipBackbone(arch, weights="random", layers=("block2", "block4"), extras={AP.NAME: extra})
+    return OpenClipBackbone(arch, weights="random", layers=("block2", "block4"), extras={AP.AdaCLIPPrompts: extra})
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_the_prompted_forward_is_the_official_one(backbone):
     torch.testing.assert_close(features.layers["adaclip_clip_image"], e[:, :, None, None])
     # layers given deepest first: the extra's layers still come in the order it declares (cache check)
     reversed_layers = OpenClipBackbone(backbone.arch, weights="random", layers=("block4", "block2"),
-                                       extras={AP.NAME: {"length": LENGTH, "depth": DEPTH}})
+                                       extras={AP.AdaCLIPPrompts: {"length": LENGTH, "depth": DEPTH}})
     produced = list(reversed_layers.features(x[:1]).layers)
     assert produced == list(reversed_layers.channels) + list(reversed_layers.extra_channels)
     # the prompts matter: the prompted tokens differ from the backbone's own
@@ -161,7 +162,7 @@ def test_official_checkpoint_keys_map_to_ours(tiny_arch, tmp_path):
     raw = _official_state()
     path = tmp_path / "pretrained_visa_clinicdb.pth"
     torch.save(raw, path)
-    state, source = AP.read_checkpoint(path)
+    state, source = C.read_checkpoint(path)
     assert source == {"kind": "official"}
     assert torch.equal(state["visual.static.1"], raw["clip_model.visual_prompter.static_prompts.1"])
     generator = raw["clip_model.dynamic_visual_prompt_generator.head.0.weight"]
@@ -178,7 +179,7 @@ def test_official_checkpoint_keys_map_to_ours(tiny_arch, tmp_path):
     torch.testing.assert_close(prompts.generator[1].bias, raw["clip_model.dynamic_visual_prompt_generator.head.1.bias"])
     # a bare AdaCLIP state dict (no clip_model. prefix) reads the same
     torch.save({k.removeprefix("clip_model."): v for k, v in raw.items()}, tmp_path / "bare.pth")
-    assert AP.read_checkpoint(tmp_path / "bare.pth")[0].keys() == state.keys()
+    assert C.read_checkpoint(tmp_path / "bare.pth")[0].keys() == state.keys()
 
 
 @pytest.mark.parametrize("make_state, needle", [
@@ -186,7 +187,7 @@ def test_official_checkpoint_keys_map_to_ours(tiny_arch, tmp_path):
     (lambda: _official_state(length=3), "prompt length"),
     (lambda: _official_state(depth=2), "prompt length, prompting depth"),
     (lambda: {"something": torch.zeros(2)}, "not an AdaCLIP checkpoint"),
-    (lambda: {"format": AP.FORMAT, "version": 9, "state_dict": {}}, "format version 9"),
+    (lambda: {"format": C.FORMAT, "version": 9, "state_dict": {}}, "format version 9"),
 ])
 def test_incompatible_checkpoints_are_weights_errors_naming_the_file(tiny_arch, tmp_path, make_state, needle):
     path = tmp_path / "prompts.pth"
@@ -200,7 +201,7 @@ def test_missing_or_unreadable_files_are_weights_errors(tiny_arch, tmp_path):
     missing = tmp_path / "nope" / "pretrained_mvtec_colondb.pth"
     with pytest.raises(WeightsError, match="not found") as info:
         make(tiny_arch, checkpoint=str(missing))
-    assert str(missing) in str(info.value) and "train_prompts" in str(info.value)
+    assert str(missing) in str(info.value) and "adaclip.train.train" in str(info.value)
     junk = tmp_path / "junk.pth"
     junk.write_text("not a torch file")
     with pytest.raises(WeightsError, match="torch.load"):
@@ -223,5 +224,5 @@ def test_the_cache_identity_follows_the_checkpoint_content(tiny_arch, tmp_path):
     x = a.preprocess(_images(1))
     assert not torch.equal(a.features(x).layers["adaclip_block4"], c.features(x).layers["adaclip_block4"])
     # prompts changed in this process (training) get a digest of their values
-    digest = AP.parameters_digest(a.extras[AP.NAME].prompts)
-    assert digest == AP.parameters_digest(b.extras[AP.NAME].prompts) != AP.parameters_digest(c.extras[AP.NAME].prompts)
+    digest = C.parameters_digest(a.extras[AP.NAME].prompts)
+    assert digest == C.parameters_digest(b.extras[AP.NAME].prompts) != C.parameters_digest(c.extras[AP.NAME].prompts)

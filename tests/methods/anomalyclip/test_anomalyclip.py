@@ -1,4 +1,4 @@
-"""AnomalyCLIP (bench/methods/anomalyclip.py): the map, image-score and training-loss formulas pinned by
+"""AnomalyCLIP (bench/methods/anomalyclip/): the map, image-score and training-loss formulas pinned by
 hand on a fake CLIP, the learned text forward pinned against open_clip's own ``encode_text`` with
 the learned tokens put in by hooks, prompt checkpoints (the official key names on a fabricated
 state dict, and ours), the errors, training, and a `bench run` smoke test on a random ViT-B-32."""
@@ -19,6 +19,9 @@ from torch import nn
 
 from bench.errors import ConfigError, WeightsError
 from bench.methods import anomalyclip as AC
+from bench.methods.anomalyclip import model as M
+from bench.methods.anomalyclip.dpam import DPAM
+from bench.methods.anomalyclip.train import train, training_loss
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
 
@@ -123,7 +126,7 @@ def test_training_loss_by_hand():
     labels = torch.tensor([1, 1])
     logits = torch.tensor([[0.3, 1.2], [2.0, -1.0]])
     layer_probs = [torch.stack([1 - p, p], dim=1) for p in p1]
-    got = AC.training_loss(layer_probs, logits, masks, labels).item()
+    got = training_loss(layer_probs, logits, masks, labels).item()
 
     def focal(p, t):  # loss.py: one-hot clamped to [1e-5, 1 - 1e-5], p_t + 1e-5, gamma 2, mean over pixels
         terms = []
@@ -153,7 +156,7 @@ def vit():
 
 
 def test_prompt_sentences(vit):
-    tokens = AC.prompt_tokens(vit.tokenizer, 12)
+    tokens = M.prompt_tokens(vit.tokenizer, 12)
     x = " ".join(["X"] * 12)
     assert torch.equal(tokens, vit.tokenizer([f"{x} object.", f"{x} damaged object."]))
     assert (tokens[:, 1:13] == vit.tokenizer(["X"])[0, 1]).all()  # one token per context vector
@@ -164,7 +167,7 @@ def test_text_forward_is_clips_with_the_learned_tokens_put_in(vit):
     model = vit.model
     method = AC.AnomalyCLIP(checkpoint="untrained", init_seed=3)
     method.bind(vit)
-    prompts, tokens = method.prompts, method._tokens
+    prompts, tokens = method.learned, method._tokens
     assert prompts.ctx.shape == (2, 12, 512) and prompts.deep.shape == (8, 4, 512)
 
     # open_clip's own encode_text, with the context (block 1's input, after the position
@@ -187,16 +190,16 @@ def test_text_forward_is_clips_with_the_learned_tokens_put_in(vit):
         for handle in handles:
             handle.remove()
     with torch.no_grad():
-        got = AC.encode_prompts(model, tokens, prompts)
+        got = M.encode_prompts(model, tokens, prompts)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(method.text(), F.normalize(want, dim=-1).T, rtol=1e-4, atol=1e-5)
     assert method.text().shape == (512, 2)
 
     # no deep prompts and the X embeddings as context: exactly CLIP's text embedding of the sentences
-    plain = AC.ObjectAgnosticPrompts(512, deep_depth=1)
+    plain = M.ObjectAgnosticPrompts(512, deep_depth=1)
     plain.ctx.data = model.token_embedding(tokens)[:, 1:13].detach()
     with torch.no_grad():
-        torch.testing.assert_close(AC.encode_prompts(model, tokens, plain), model.encode_text(tokens),
+        torch.testing.assert_close(M.encode_prompts(model, tokens, plain), model.encode_text(tokens),
                                    rtol=1e-4, atol=1e-5)
 
 
@@ -213,39 +216,39 @@ def test_shapes_and_round_trip_on_a_random_vit_b32(vit, tmp_path):
     out = method.score(features)
     assert out.maps.shape == (3, 2, 2) and out.image_scores.shape == (3,)
     assert out.maps.min() >= 0 and out.maps.max() <= 4 and ((out.image_scores > 0) & (out.image_scores < 1)).all()
-    path = AC.save_prompts(method, tmp_path / "prompts.pt")
+    path = method.save(tmp_path / "prompts.pt")
     loaded = METHODS.create("anomalyclip", checkpoint=str(path), init_seed=9)  # the file wins over the init
     loaded.bind(vit)
     again = loaded.score(features)
     assert torch.equal(again.maps, out.maps) and torch.equal(again.image_scores, out.image_scores)
-    assert loaded.info.settings["prompts_source"] == "bench"
+    assert loaded.info.settings["checkpoint_source"] == "bench"
     other = METHODS.create("anomalyclip", checkpoint="untrained", init_seed=9)
     other.bind(vit)
-    assert not torch.equal(other.prompts.ctx, loaded.prompts.ctx)
+    assert not torch.equal(other.learned.ctx, loaded.learned.ctx)
 
 
-def test_train_prompts_reduces_its_loss(vit, synthetic_tiles, tmp_path):
+def test_train_reduces_its_loss(vit, synthetic_tiles, tmp_path):
     root = synthetic_tiles
     method = METHODS.create("anomalyclip", checkpoint="untrained")
     frozen = vit.model.token_embedding.weight.clone()
     saved = tmp_path / "trained.pt"
-    losses = AC.train_prompts(method, vit, root, epochs=8, save=saved)
+    losses = train(method, vit, root, epochs=8, save=saved)
     assert len(losses) == 8 and all(math.isfinite(v) for v in losses)  # 8 images, batch 8: 1 step per epoch
     assert losses[-1] < 0.9 * losses[0] and min(losses[4:]) < min(losses[:4])
-    assert torch.equal(vit.model.token_embedding.weight, frozen) and not method.prompts.ctx.requires_grad
+    assert torch.equal(vit.model.token_embedding.weight, frozen) and not method.learned.ctx.requires_grad
     features = vit.features(vit.preprocess(_images()))
     reloaded = METHODS.create("anomalyclip", checkpoint=str(saved))
     reloaded.bind(vit)
     assert torch.equal(reloaded.score(features).maps, method.score(features).maps)
     assert reloaded.provenance["trained"]["steps"] == 8
-    assert len(AC.train_prompts(method, vit, root, max_steps=1)) == 1
+    assert len(train(method, vit, root, max_steps=1)) == 1
 
 
 def test_bench_run_smoke(synthetic_tiles, tmp_path):
     out = tmp_path / "out"
     assert_runs("anomalyclip", synthetic_tiles, out)  # random weights: untrained prompts by default
     assert_missing_weights_named("anomalyclip", synthetic_tiles, out, tmp_path / "epoch_15.pth",
-                                 "train_prompts")
+                                 "anomalyclip.train.train")
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -279,15 +282,15 @@ def test_official_checkpoint_key_mapping(tmp_path):
     torch.save({"prompt_learner": official}, path)
     method = METHODS.create("anomalyclip", checkpoint=str(path))
     method.bind(FakeClip(width=768))
-    assert torch.equal(method.prompts.ctx[0], official["ctx_pos"][0, 0])
-    assert torch.equal(method.prompts.ctx[1], official["ctx_neg"][0, 0])
+    assert torch.equal(method.learned.ctx[0], official["ctx_pos"][0, 0])
+    assert torch.equal(method.learned.ctx[1], official["ctx_neg"][0, 0])
     for i in range(8):
-        assert torch.equal(method.prompts.deep[i], official[f"compound_prompts_text.{i}"])
-    assert method.info.settings["prompts_source"] == "official"
+        assert torch.equal(method.learned.deep[i], official[f"compound_prompts_text.{i}"])
+    assert method.info.settings["checkpoint_source"] == "official"
     torch.save(official, tmp_path / "bare.pth")  # a bare state dict with the official names
     bare = METHODS.create("anomalyclip", checkpoint=str(tmp_path / "bare.pth"))
     bare.bind(FakeClip(width=768))
-    assert torch.equal(bare.prompts.deep[7], official["compound_prompts_text.7"])
+    assert torch.equal(bare.learned.deep[7], official["compound_prompts_text.7"])
 
 
 def _without(state, key):
@@ -324,7 +327,7 @@ def test_unreadable_missing_or_absent_prompts_are_weights_errors(tmp_path):
     with pytest.raises(WeightsError) as info:
         METHODS.create("anomalyclip").bind(clip)
     for needle in ("official", "9_12_4_multiscale/epoch_15.pth", "9_12_4_multiscale_visa/epoch_15.pth",
-                   "train_prompts", "method_options.anomalyclip.checkpoint", "untrained"):
+                   "anomalyclip.train.train", "method_options.anomalyclip.checkpoint", "untrained"):
         assert needle in str(info.value), needle
     method = METHODS.create("anomalyclip")
     method.bind(FakeClip())  # --weights random: a smoke run with untrained prompts
@@ -357,8 +360,8 @@ def test_info_and_registration():
     assert info.default_backbone == "ViT-L-14-336" and info.arxiv == "2310.18961"
     assert method.backbone_options("ViT-L-14-336") == {
         "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "precision": "fp32",
-        "extras": {"dpam": {"start": "block6"}}}
-    assert method.backbone_options("ViT-B-16") == {"precision": "fp32", "extras": {"dpam": {}}}
+        "extras": {DPAM: {"start": "block6"}}}
+    assert method.backbone_options("ViT-B-16") == {"precision": "fp32", "extras": {DPAM: {}}}
     assert method.backbone_options("efficientnet_lite0") == {}
     assert info.settings["temperature"] == 0.07 and info.settings["deep_depth"] == 9
     assert "gaussian" in info.deviations and "anomalyclip" in METHODS.resolve("all")

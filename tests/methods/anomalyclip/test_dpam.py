@@ -1,4 +1,4 @@
-"""The ``dpam`` CLIP extra (bench/backbones/clip_extras/dpam.py): AnomalyCLIP's V-V attention path
+"""The ``dpam`` CLIP extra (bench/methods/anomalyclip/dpam.py): AnomalyCLIP's V-V attention path
 pinned against a direct computation (per-head loops over the official formulas, the ordinary
 token stream taken from open_clip's own forward) on a tiny random ViT, then through the backbone."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from open_clip.transformer import VisionTransformer
 
-from bench.backbones.clip_extras.dpam import DPAM
 from bench.errors import ConfigError
-from bench.registry import BACKBONES, CLIP_EXTRAS
+from bench.methods.anomalyclip.dpam import DPAM
+from bench.registry import BACKBONES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,8 +108,8 @@ def test_defaults_options_and_errors(vit):
 
 
 def test_through_the_backbone_on_a_random_vit_b32():
-    backbone = BACKBONES.create("ViT-B-32", weights="random", input_size=64, extras={"dpam": {}})
-    assert "dpam" in CLIP_EXTRAS.names()
+    backbone = BACKBONES.create("ViT-B-32", weights="random", input_size=64, extras={DPAM: {}})
+    assert isinstance(backbone.extras["dpam"], DPAM)
     assert backbone.extra_channels == {"dpam.block3": 768, "dpam.block6": 768, "dpam.block9": 768,
                                        "dpam.block12": 768, "dpam.embedding": 512}
     assert backbone.identity()["extras"] == {"dpam": {"layers": ["block3", "block6", "block9", "block12"],

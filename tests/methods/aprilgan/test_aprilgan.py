@@ -1,4 +1,4 @@
-"""APRIL-GAN (bench/methods/aprilgan.py): the map and score formulas pinned by hand on a fake CLIP, the
+"""APRIL-GAN (bench/methods/aprilgan/): the map and score formulas pinned by hand on a fake CLIP, the
 prompt ensemble, adapter checkpoints (ours and the official key names), the errors, training, and
 shapes / a `bench run` smoke test on a random ViT-B-32.
 
@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 from bench.methods import aprilgan as A
-from bench.methods._auxiliary import dice_loss, focal_loss
+from bench.methods._clip.adapters import linear_layers_from_official
+from bench.methods._clip.auxiliary import dice_loss_from_probs, focal_loss_from_probs
+from bench.methods.aprilgan import model as M
+from bench.methods.aprilgan.train import train
 from clip_helpers import assert_missing_weights_named, assert_runs
 import fakes
 from fakes import RandomTextEncoder, TinyBackbone
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def few_templates():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(A, "TEMPLATES", A.TEMPLATES[:1])
+        patch.setattr(M, "TEMPLATES", M.TEMPLATES[:1])
         yield
 
 
@@ -62,8 +65,8 @@ def hand_abnormal(y: tuple[float, float]) -> float:
 
 
 def test_prompt_ensemble_is_the_official_one():
-    assert len(A.NORMAL_STATES) == 7 and len(A.ABNORMAL_STATES) == 5 and len(A.TEMPLATES) == 35
-    normal, abnormal = A.prompt_sentences("metal_nut")
+    assert len(M.NORMAL_STATES) == 7 and len(M.ABNORMAL_STATES) == 5 and len(M.TEMPLATES) == 35
+    normal, abnormal = M.prompt_sentences("metal_nut")
     assert len(normal) == 7 * 35 == 245 and len(abnormal) == 5 * 35 == 175
     assert len(set(normal)) == 245 and len(set(abnormal)) == 175
     # state-major order, the object name as is, template around the state
@@ -77,9 +80,9 @@ def test_prompt_ensemble_is_the_official_one():
 
 def test_class_embedding_is_the_normalised_mean_of_normalised_sentences():
     encode = RandomTextEncoder()
-    text = A.class_text_embeddings(encode, "bottle")
+    text = M.class_text_embeddings(encode, "bottle")
     assert text.shape == (5, 2)
-    normal, abnormal = A.prompt_sentences("bottle")
+    normal, abnormal = M.prompt_sentences("bottle")
     for column, sentences in enumerate((normal, abnormal)):
         rows = [encode.table[s] / encode.table[s].norm() for s in sentences]
         mean = sum(rows) / len(rows)
@@ -97,7 +100,7 @@ def bound_fake(**options) -> tuple[A.APRILGAN, FakeClip]:
 
 
 def set_linear(method, name, weight, bias):
-    linear = method.adapters.linears[name]
+    linear = method.learned.linears[name]
     linear.weight.data = torch.tensor(weight, dtype=torch.float32)
     linear.bias.data = torch.tensor(bias, dtype=torch.float32)
 
@@ -112,7 +115,7 @@ def _grid(tokens):
 
 def test_map_is_the_sum_over_layers_of_the_abnormal_softmax_by_hand():
     method, backbone = bound_fake()
-    assert method.adapters.layers == ("block1", "block2")  # increasing depth
+    assert method.learned.layers == ("block1", "block2")  # increasing depth
     set_linear(method, "block1", [[1, 0], [0, 1]], [0, 0])  # identity
     set_linear(method, "block2", [[1, 0], [0, 2]], [0.01, -1.0])  # y = (x0 + 0.01, 2 x1 - 1)
     text = method.text("tile")
@@ -197,17 +200,17 @@ def test_official_checkpoint_keys_map_to_layers_in_depth_order(tmp_path):
     torch.save({"trainable_linearlayer": raw}, path)
     method = METHODS.create("aprilgan", checkpoint=str(path))
     method.bind(FakeClip(channels, embedding_dim=5))
-    assert torch.equal(method.adapters.linears["block6"].weight, raw["fc.0.weight"])
-    assert torch.equal(method.adapters.linears["block6"].bias, raw["fc.0.bias"])
-    assert torch.equal(method.adapters.linears["block12"].weight, raw["fc.1.weight"])
+    assert torch.equal(method.learned.linears["block6"].weight, raw["fc.0.weight"])
+    assert torch.equal(method.learned.linears["block6"].bias, raw["fc.0.bias"])
+    assert torch.equal(method.learned.linears["block12"].weight, raw["fc.1.weight"])
     assert method.info.settings["official_key_mapping"] == {"fc.0": "block6", "fc.1": "block12"}
-    assert A.official_to_bench(raw, ["block6", "block12"]).keys() == {
+    assert linear_layers_from_official(raw, ["block6", "block12"]).keys() == {
         "linears.block6.weight", "linears.block6.bias", "linears.block12.weight", "linears.block12.bias"}
     # a bare state dict with the official names works too
     torch.save(raw, tmp_path / "bare.pth")
     bare = METHODS.create("aprilgan", checkpoint=str(tmp_path / "bare.pth"))
     bare.bind(FakeClip(channels, embedding_dim=5))
-    assert torch.equal(bare.adapters.linears["block12"].bias, raw["fc.1.bias"])
+    assert torch.equal(bare.learned.linears["block12"].bias, raw["fc.1.bias"])
 
 
 @pytest.mark.parametrize("make, needle", [
@@ -250,7 +253,7 @@ def test_no_adapters_is_a_weights_error_naming_both_ways():
     method = METHODS.create("aprilgan")
     method.bind(random_clip)
     assert method.info.settings["checkpoint"] == "untrained"
-    for needle in ("official", "visa_pretrained.pth", "mvtec_pretrained.pth", "train_adapters",
+    for needle in ("official", "visa_pretrained.pth", "mvtec_pretrained.pth", "aprilgan.train.train",
                    "method_options.aprilgan.checkpoint", "untrained"):
         assert needle in message, needle
 
@@ -286,9 +289,9 @@ def test_losses_match_the_official_definitions():
         onehot = (1e-5, 1 - 1e-5) if t == 1 else (1 - 1e-5, 1e-5)
         pt = onehot[0] * (1 - p) + onehot[1] * p + 1e-5
         focal.append(-((1 - pt) ** 2) * math.log(pt))
-    assert focal_loss(probs, target).item() == pytest.approx(sum(focal) / 4, rel=1e-5)
+    assert focal_loss_from_probs(probs, target).item() == pytest.approx(sum(focal) / 4, rel=1e-5)
     dice = (2 * (0.9 + 0.6) + 1) / (2.0 + 2.0 + 1)
-    assert dice_loss(probs1[None], target).item() == pytest.approx(1 - dice, rel=1e-6)
+    assert dice_loss_from_probs(probs1[None], target).item() == pytest.approx(1 - dice, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- a random ViT-B-32
@@ -312,8 +315,8 @@ def _features(backbone, n=3, category="tile"):
 def test_shapes_on_a_random_vit_b32(vit):
     method = METHODS.create("aprilgan", checkpoint="untrained")
     method.bind(vit)
-    assert method.adapters.layers == ("block3", "block6", "block9", "block12")
-    assert all(l.in_features == 768 and l.out_features == 512 for l in method.adapters.linears.values())
+    assert method.learned.layers == ("block3", "block6", "block9", "block12")
+    assert all(l.in_features == 768 and l.out_features == 512 for l in method.learned.linears.values())
     features = _features(vit)
     out = method.score(features)
     assert out.maps.shape == (3, 3, 3) and out.image_scores.shape == (3,)
@@ -329,7 +332,7 @@ def test_adapter_checkpoint_round_trip(vit, tmp_path):
     method.bind(vit)
     features = _features(vit)
     before = method.score(features)
-    path = A.save_adapters(method, tmp_path / "adapters.pt")
+    path = method.save(tmp_path / "adapters.pt")
     loaded = METHODS.create("aprilgan", checkpoint=str(path), init_seed=9)  # the file wins over the init
     loaded.bind(vit)
     loaded.prompts.cache.update(method.prompts.cache)  # same backbone, same prompts: skip re-encoding them (speed)
@@ -337,18 +340,18 @@ def test_adapter_checkpoint_round_trip(vit, tmp_path):
     assert torch.equal(before.maps, after.maps) and torch.equal(before.image_scores, after.image_scores)
     other = METHODS.create("aprilgan", checkpoint="untrained", init_seed=9)
     other.bind(vit)
-    assert not torch.equal(other.adapters.linears["block3"].weight, loaded.adapters.linears["block3"].weight)
-    assert loaded.info.settings["adapters_source"] == "bench"
+    assert not torch.equal(other.learned.linears["block3"].weight, loaded.learned.linears["block3"].weight)
+    assert loaded.info.settings["checkpoint_source"] == "bench"
     assert loaded.provenance["saved_with"]["backbone"] == "ViT-B-32"
 
 
-def test_train_adapters_reduces_its_loss(vit, synthetic_tiles, tmp_path):
+def test_train_reduces_its_loss(vit, synthetic_tiles, tmp_path):
     root = synthetic_tiles
     method = METHODS.create("aprilgan", checkpoint="untrained")
     with pytest.raises(ConfigError, match="epochs"):
-        A.train_adapters(method, vit, root)  # no official epoch count for the synthetic set
+        train(method, vit, root)  # no official epoch count for the synthetic set
     saved = tmp_path / "trained.pt"
-    losses = A.train_adapters(method, vit, root, epochs=6, batch_size=8, save=saved)
+    losses = train(method, vit, root, epochs=6, batch_size=8, save=saved)
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0]
     assert min(losses[3:]) < min(losses[:3])
@@ -360,7 +363,7 @@ def test_train_adapters_reduces_its_loss(vit, synthetic_tiles, tmp_path):
     assert torch.equal(reloaded.score(features).maps, method.score(features).maps)
     assert reloaded.provenance["trained"]["epochs"] == 6
     # mosaics (the official MVTec AD augmentation) run too
-    more = A.train_adapters(method, vit, root, epochs=1, batch_size=4, mosaic_rate=1.0)
+    more = train(method, vit, root, epochs=1, batch_size=4, mosaic_rate=1.0)
     assert len(more) == 2 and all(math.isfinite(v) for v in more)
 
 
@@ -369,4 +372,4 @@ def test_bench_run_smoke(few_templates, synthetic_tiles, tmp_path):
     assert_runs("aprilgan", synthetic_tiles, out, "--set", "method_options.aprilgan.checkpoint=untrained")
     # adapters that are not there: one clear line naming the file and both ways to get them
     assert_missing_weights_named("aprilgan", synthetic_tiles, out, tmp_path / "visa_pretrained.pth",
-                                 "train_adapters")
+                                 "aprilgan.train.train")

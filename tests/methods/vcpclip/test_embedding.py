@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from fakes import registered_tiny_vit
 
 from bench.backbones.openclip import OpenClipBackbone
+from bench.methods.vcpclip.embedding import VcpEmbedding
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def backbone():
     with registered_tiny_vit("vcp-embedding-test-tiny", embed_dim=24, width=32, layers=2, text_width=16) as name:
-        yield OpenClipBackbone(name, weights="random", extras={"vcp_embedding": {}})
+        yield OpenClipBackbone(name, weights="random", extras={VcpEmbedding: {}})
 
 
 def hand_embedding(visual, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""VCP-CLIP (bench/methods/vcpclip.py): Pre-VCP, Post-VCP, the prompted text tower, the maps and image
+"""VCP-CLIP (bench/methods/vcpclip/): Pre-VCP, Post-VCP, the prompted text tower, the maps and image
 scores pinned against hand computations (loops, the official placeholder construction), the
 official checkpoint's key mapping on a fabricated state dict, our own format, the errors, the
 training augmentation and training, and a `bench run` smoke test on a random ViT-B-32.
@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 from bench.methods import vcpclip as V
+from bench.methods.vcpclip import model as M
+from bench.methods.vcpclip.embedding import VcpEmbedding
+from bench.methods.vcpclip.train import augment, train
 from clip_helpers import assert_missing_weights_named, assert_runs
 from fakes import TinyBackbone, registered_tiny_vit
 
@@ -31,7 +34,7 @@ TINY = "vcp-test-tiny"
 def tiny():
     """A random tiny CLIP with the options VCP-CLIP asks of every open_clip backbone (text width = embedding dim)."""
     with registered_tiny_vit(TINY, text_layers=3) as name:
-        yield OpenClipBackbone(name, weights="random", quick_gelu=False, extras={"vcp_embedding": {}})
+        yield OpenClipBackbone(name, weights="random", quick_gelu=False, extras={VcpEmbedding: {}})
 
 
 def _features(backbone, n=2, seed=0):
@@ -60,7 +63,7 @@ def _softmax(z):
 
 def test_pre_vcp_is_the_query_plus_a_three_tap_convolution_by_hand():
     torch.manual_seed(1)
-    pre = V.PreVCP(dim=5)
+    pre = M.PreVCP(dim=5)
     e = torch.randn(2, 5) * 7  # unnormalised, as the official image embedding
     out = _np(pre(e))
     w, b, q, x = _np(pre.conv.weight), _np(pre.conv.bias), _np(pre.query), _np(e)
@@ -73,7 +76,7 @@ def test_pre_vcp_is_the_query_plus_a_three_tap_convolution_by_hand():
     assert pre.log_scale.exp().item() == pytest.approx(1 / 0.07)
 
 
-def hand_post(post: V.PostVCP, text: np.ndarray, patches: np.ndarray) -> np.ndarray:
+def hand_post(post: M.PostVCP, text: np.ndarray, patches: np.ndarray) -> np.ndarray:
     """Official Zero_Parameter for one image: (S, D) text, (P, C) patches → (S, C), by loops."""
     wq, bq, wk, bk, wv, bv, wo, bo = (_np(t) for t in (post.q.weight, post.q.bias, post.k.weight, post.k.bias,
                                                        post.v.weight, post.v.bias, post.out.weight, post.out.bias))
@@ -95,7 +98,7 @@ def hand_post(post: V.PostVCP, text: np.ndarray, patches: np.ndarray) -> np.ndar
 
 def test_post_vcp_attention_by_hand():
     torch.manual_seed(2)
-    post = V.PostVCP(text_dim=3, width=16)
+    post = M.PostVCP(text_dim=3, width=16)
     text = torch.randn(2, 2, 3)
     patches = torch.randn(2, 5, 16)
     out = _np(post(text, patches))
@@ -107,7 +110,7 @@ def test_post_vcp_attention_by_hand():
 # --------------------------------------------------------------------------- the prompted text tower
 
 
-def official_text(backbone, prompts: V.DeepPrompts, prefix: str, context: torch.Tensor) -> torch.Tensor:
+def official_text(backbone, prompts: M.DeepPrompts, prefix: str, context: torch.Tensor) -> torch.Tensor:
     """The official encode_text for one image and one prompt, with a placeholder word for <|class|>."""
     model = backbone.model
     assert model.transformer.batch_first  # open_clip >= 2.24 runs its blocks batch-first
@@ -130,7 +133,7 @@ def official_text(backbone, prompts: V.DeepPrompts, prefix: str, context: torch.
 
 def test_prompted_text_matches_the_official_placeholder_construction(tiny):
     method = _bound(tiny, init_seed=3)
-    params = method.params
+    params = method.learned
     embedding = _features(tiny).layers["vcp_embedding"].flatten(1)
     text = method.text(embedding)
     assert text.shape == (2, 2, 32)
@@ -185,7 +188,7 @@ def hand_branch_logits(params, tokens: np.ndarray, text: np.ndarray, layer: str)
 def test_maps_and_image_scores_by_hand(tiny, monkeypatch):
     monkeypatch.setattr(V, "TOP_K", 10)
     method = _bound(tiny, init_seed=4)
-    params = method.params
+    params = method.learned
     features = _features(tiny)
     text = _np(method.text(features.layers["vcp_embedding"].flatten(1)))
     grid = method.score(features)
@@ -215,8 +218,8 @@ def test_maps_and_image_scores_by_hand(tiny, monkeypatch):
 
 def test_top_mean_takes_every_pixel_when_there_are_fewer():
     maps = torch.tensor([[[1.0, 5.0], [3.0, 2.0]]])
-    assert V.top_mean(maps, 2).item() == pytest.approx(4.0)
-    assert V.top_mean(maps, 2000).item() == pytest.approx(2.75)
+    assert M.top_mean(maps, 2).item() == pytest.approx(4.0)
+    assert M.top_mean(maps, 2000).item() == pytest.approx(2.75)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -251,7 +254,7 @@ def test_official_checkpoint_keys_map_to_ours(tiny, tmp_path):
     torch.save(raw, path)
     method = METHODS.create("vcpclip", checkpoint=str(path))
     method.bind(tiny)
-    p = method.params
+    p = method.learned
     for i, layer in enumerate(("block1", "block2", "block3", "block4")):
         assert torch.equal(p.adapters.linears[layer].weight, raw["trainable_linearlayer"][f"fc.{i}.weight"])
         assert torch.equal(p.adapters.linears[layer].bias, raw["trainable_linearlayer"][f"fc.{i}.bias"])
@@ -300,12 +303,12 @@ def test_incompatible_checkpoints_are_weights_errors_naming_the_file(tiny, tmp_p
 def test_our_checkpoint_round_trip(tiny, tmp_path):
     method = _bound(tiny, init_seed=6)
     features = _features(tiny)
-    path = V.save_vcp(method, tmp_path / "vcp.pt")
+    path = method.save(tmp_path / "vcp.pt")
     loaded = METHODS.create("vcpclip", checkpoint=str(path), init_seed=9)  # the file wins over the init
     loaded.bind(tiny)
     assert torch.equal(loaded.score(features).maps, method.score(features).maps)
     other = _bound(tiny, init_seed=9)
-    assert not torch.equal(other.params.pre.query, loaded.params.pre.query)
+    assert not torch.equal(other.learned.pre.query, loaded.learned.pre.query)
     assert loaded.info.settings["checkpoint_source"] == "bench"
 
 
@@ -313,7 +316,7 @@ def test_missing_checkpoint_is_a_weights_error_naming_both_ways(tiny, monkeypatc
     monkeypatch.setattr(tiny, "weights", "openai")
     with pytest.raises(WeightsError) as info:
         METHODS.create("vcpclip").bind(tiny)
-    for needle in ("train_visa.pth", "train_mvtec.pth", "train_vcp", "method_options.vcpclip.checkpoint",
+    for needle in ("train_visa.pth", "train_mvtec.pth", "vcpclip.train.train", "method_options.vcpclip.checkpoint",
                    "untrained"):
         assert needle in str(info.value), needle
     monkeypatch.setattr(tiny, "weights", "random")  # --weights random: a smoke run, untrained
@@ -344,9 +347,9 @@ def test_info_registration_and_backbone_options():
     assert info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
     assert info.default_backbone == "ViT-L-14-336" and info.arxiv == "2407.12276"
     assert method.backbone_options("ViT-L-14-336") == {
-        "quick_gelu": False, "extras": {"vcp_embedding": {}},
+        "quick_gelu": False, "extras": {VcpEmbedding: {}},
         "layers": ("block6", "block12", "block18", "block24"), "input_size": 518}
-    assert method.backbone_options("ViT-B-32") == {"quick_gelu": False, "extras": {"vcp_embedding": {}}}
+    assert method.backbone_options("ViT-B-32") == {"quick_gelu": False, "extras": {VcpEmbedding: {}}}
     assert METHODS.create("vcpclip", quick_gelu=True).backbone_options("ViT-B-16")["quick_gelu"] is True
     assert method.backbone_options("efficientnet-lite0") == {}
     assert "vcpclip" in METHODS.resolve("all")
@@ -380,35 +383,35 @@ def test_augment_moves_image_and_mask_together_and_adjusts_brightness_by_hand():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
     mask = (rng.random((6, 6)) > 0.5).astype(np.float32)
-    out, m = V.augment(image, mask, Scripted([OFF, ON, OFF, OFF, OFF], integers=[1]))  # RandomRotate90, k=1
+    out, m = augment(image, mask, Scripted([OFF, ON, OFF, OFF, OFF], integers=[1]))  # RandomRotate90, k=1
     assert np.array_equal(out, np.rot90(image, 1)) and np.array_equal(m, np.rot90(mask, 1))
-    out, m = V.augment(image, mask, Scripted([ON, OFF, OFF, OFF, OFF], uniform=[90.0]))  # Rotate by 90°
+    out, m = augment(image, mask, Scripted([ON, OFF, OFF, OFF, OFF], uniform=[90.0]))  # Rotate by 90°
     assert np.array_equal(out, np.rot90(image, 1)) and np.array_equal(m, np.rot90(mask, 1))
-    out, m = V.augment(image, mask, Scripted([OFF, OFF, ON, OFF, OFF], uniform=[0.1, -0.05]))  # brightness/contrast
+    out, m = augment(image, mask, Scripted([OFF, OFF, ON, OFF, OFF], uniform=[0.1, -0.05]))  # brightness/contrast
     expected = np.clip(np.rint(image * 1.1 - 0.05 * 255), 0, 255).astype(np.uint8)
     assert np.array_equal(out, expected) and np.array_equal(m, mask)
     for seed in range(10):  # whatever is drawn: same shapes, uint8 image, binary mask
-        out, m = V.augment(image, mask, np.random.default_rng(seed))
+        out, m = augment(image, mask, np.random.default_rng(seed))
         assert out.shape == image.shape and out.dtype == np.uint8 and m.shape == mask.shape
         assert set(np.unique(m)) <= {0.0, 1.0}
 
 
 def test_temperatures_train_at_their_own_rate(tiny, synthetic_tiles):
     method = _bound(tiny, init_seed=7)
-    before = {k: v.clone() for k, v in method.params.state_dict().items()}
-    V.train_vcp(method, tiny, synthetic_tiles, lr=1e-12, batch_size=4, max_steps=1, augmentation=False)
-    after = method.params.state_dict()
+    before = {k: v.clone() for k, v in method.learned.state_dict().items()}
+    train(method, tiny, synthetic_tiles, lr=1e-12, batch_size=4, max_steps=1, augmentation=False)
+    after = method.learned.state_dict()
     for key in ("pre.log_scale", "post.log_scale"):  # Adam's first step moves each weight by ~lr
         assert abs((after[key] - before[key]).item()) == pytest.approx(0.01, rel=0.01)
     assert max((after[k] - before[k]).abs().max().item() for k in before if "log_scale" not in k) < 1e-9
 
 
-def test_train_vcp_reduces_its_loss_and_saves(tiny, synthetic_tiles, tmp_path):
+def test_train_reduces_its_loss_and_saves(tiny, synthetic_tiles, tmp_path):
     method = _bound(tiny, init_seed=8)
     with pytest.raises(ConfigError, match="lr"):
-        V.train_vcp(method, tiny, synthetic_tiles)  # no official lr for the synthetic set
+        train(method, tiny, synthetic_tiles)  # no official lr for the synthetic set
     saved = tmp_path / "vcp.pt"
-    losses = V.train_vcp(method, tiny, synthetic_tiles, epochs=20, lr=1e-2, batch_size=8, augmentation=False,
+    losses = train(method, tiny, synthetic_tiles, epochs=20, lr=1e-2, batch_size=8, augmentation=False,
                          save=saved)
     assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.75 * losses[0] and min(losses[10:]) < min(losses[:10])
@@ -418,7 +421,7 @@ def test_train_vcp_reduces_its_loss_and_saves(tiny, synthetic_tiles, tmp_path):
     assert torch.equal(reloaded.score(features).maps, method.score(features).maps)
     assert reloaded.provenance["source"] == "bench"
     # the official augmentations and anomalous-image mosaics run too
-    more = V.train_vcp(method, tiny, synthetic_tiles, epochs=1, lr=1e-3, batch_size=4, mosaic_rate=1.0)
+    more = train(method, tiny, synthetic_tiles, epochs=1, lr=1e-3, batch_size=4, mosaic_rate=1.0)
     assert len(more) == 2 and all(math.isfinite(v) for v in more)
 
 
@@ -429,4 +432,4 @@ def test_bench_run_smoke(synthetic_tiles, tmp_path):
     out = tmp_path / "out"
     assert_runs("vcpclip", synthetic_tiles, out)  # random weights: untrained parameters by default
     assert_missing_weights_named("vcpclip", synthetic_tiles, out, tmp_path / "train_visa.pth",
-                                 "train_vcp")
+                                 "vcpclip.train.train")

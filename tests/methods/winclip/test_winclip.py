@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from bench.methods import winclip as W
+from bench.methods.winclip.windows import WindowEmbeddings
 from clip_helpers import assert_runs
 import fakes
 from fakes import RandomTextEncoder, TinyBackbone
@@ -161,11 +162,11 @@ def test_backbone_options_info_and_registration():
     assert info.default_backbone == "ViT-B-16-plus-240" and info.arxiv == "2303.14814"
     assert not info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
     assert method.backbone_options("ViT-B-16-plus-240") == {
-        "weights": "laion400m_e31", "input_size": 240, "extras": {"windows": {"sizes": (2, 3)}}}
+        "weights": "laion400m_e31", "input_size": 240, "extras": {WindowEmbeddings: {"sizes": (2, 3)}}}
     assert info.backbone_options["ViT-B-16-plus-240"]["weights"] == "laion400m_e31"
-    assert method.backbone_options("ViT-B-32") == {"extras": {"windows": {"sizes": (2, 3)}}}
+    assert method.backbone_options("ViT-B-32") == {"extras": {WindowEmbeddings: {"sizes": (2, 3)}}}
     assert method.backbone_options("efficientnet_lite0") == {}
-    assert METHODS.create("winclip", scales=[3]).backbone_options("ViT-L-14") == {"extras": {"windows": {"sizes": (3,)}}}
+    assert METHODS.create("winclip", scales=[3]).backbone_options("ViT-L-14") == {"extras": {WindowEmbeddings: {"sizes": (3,)}}}
     assert info.settings["temperature"] == 0.07 and "raw sentence embeddings" in info.settings["prompts"]
     assert "winclip" in METHODS.resolve("all")
 
@@ -196,7 +197,7 @@ def test_object_name_option():
 
 
 def test_official_weights_missing_offline_is_a_weights_error(monkeypatch):
-    from bench.backbones.openclip import cached_checkpoint
+    from bench.backbones._clip_weights import cached_checkpoint
     import open_clip
 
     if cached_checkpoint(open_clip.get_pretrained_cfg("ViT-B-16-plus-240", "laion400m_e31")):

@@ -1,4 +1,4 @@
-"""Window embeddings (bench/backbones/clip_extras/windows.py) on a tiny random open_clip ViT.
+"""Window embeddings (bench/methods/winclip/windows.py) on a tiny random open_clip ViT.
 
 Each window's embedding is pinned against a direct computation: the patch embedding, class token
 and position embedding written out by hand, the window's tokens picked by their grid
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fakes import registered_tiny_vit
 
 from bench.backbones import openclip as oc
-from bench.backbones.clip_extras import windows as W
+from bench.methods.winclip import windows as W
 from bench.errors import ConfigError
 
 ARCH = "bench-test-window-vit"
@@ -54,7 +54,7 @@ def test_window_index_lists_the_patches_of_each_window_row_major():
 
 
 def test_every_window_is_the_clip_embedding_of_its_own_tokens(arch):
-    backbone = oc.OpenClipBackbone(arch, weights="random", extras={"windows": {"sizes": [2, 3]}})
+    backbone = oc.OpenClipBackbone(arch, weights="random", extras={W.WindowEmbeddings: {"sizes": [2, 3]}})
     assert backbone.extra_channels == {"window2": 16, "window3": 16}
     assert "window2" not in backbone.channels  # not offered to refiners
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -65,14 +65,14 @@ def test_every_window_is_the_clip_embedding_of_its_own_tokens(arch):
             for left in range(5 - size):
                 torch.testing.assert_close(fs.layers[f"window{size}"][:, :, top, left], by_hand(backbone, x, top, left, size))
     # the window that covers the whole grid is the image itself
-    whole = oc.OpenClipBackbone(arch, weights="random", extras={"windows": {"sizes": 4}})
+    whole = oc.OpenClipBackbone(arch, weights="random", extras={W.WindowEmbeddings: {"sizes": 4}})
     torch.testing.assert_close(whole.features(x).layers["window4"][:, :, 0, 0], fs.embedding)
     # and a window is not its image: the other patches do not reach it
     assert not torch.allclose(fs.layers["window3"][:, :, 0, 0], fs.embedding, atol=1e-3)
 
 
 def test_passes_are_split_without_changing_the_result(arch, monkeypatch):
-    backbone = oc.OpenClipBackbone(arch, weights="random", extras={"windows": {"sizes": [2]}})
+    backbone = oc.OpenClipBackbone(arch, weights="random", extras={W.WindowEmbeddings: {"sizes": [2]}})
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     whole = backbone.features(x).layers["window2"]
     monkeypatch.setattr(W, "CHUNK_TOKENS", 11)  # two 5-token windows per pass, across image borders
@@ -80,7 +80,7 @@ def test_passes_are_split_without_changing_the_result(arch, monkeypatch):
 
 
 def test_the_official_grid_has_196_and_169_windows(arch):
-    backbone = oc.OpenClipBackbone(arch, weights="random", input_size=120, extras={"windows": {"sizes": (2, 3)}})
+    backbone = oc.OpenClipBackbone(arch, weights="random", input_size=120, extras={W.WindowEmbeddings: {"sizes": (2, 3)}})
     assert backbone.grid == 15  # as ViT-B-16-plus-240 at 240 px
     x = torch.randn(1, 3, 120, 120, generator=torch.Generator().manual_seed(2))
     fs = backbone.features(x)
@@ -92,8 +92,8 @@ def test_the_official_grid_has_196_and_169_windows(arch):
 def test_sizes_are_checked_and_part_of_the_cache_identity(arch):
     for bad in ([0], [5], [2, 2], []):
         with pytest.raises(ConfigError, match="window sizes"):
-            oc.OpenClipBackbone(arch, weights="random", extras={"windows": {"sizes": bad}})
-    a = oc.OpenClipBackbone(arch, weights="random", extras={"windows": {"sizes": [2, 3]}})
-    b = oc.OpenClipBackbone(arch, weights="random", extras={"windows": {"sizes": [2]}})
+            oc.OpenClipBackbone(arch, weights="random", extras={W.WindowEmbeddings: {"sizes": bad}})
+    a = oc.OpenClipBackbone(arch, weights="random", extras={W.WindowEmbeddings: {"sizes": [2, 3]}})
+    b = oc.OpenClipBackbone(arch, weights="random", extras={W.WindowEmbeddings: {"sizes": [2]}})
     assert a.identity()["extras"] == {"windows": {"sizes": [2, 3]}}
     assert a.identity() != b.identity()

@@ -1,12 +1,11 @@
-"""What the CLIP methods with learned parts share: where their parameters come from and how they
-are saved, the auxiliary training data (another dataset's test images and masks), the
-segmentation losses and the training loop.
+"""Training on an auxiliary dataset: its data (another dataset's test images and masks), the
+segmentation losses on probabilities and the training loop.
 
 APRIL-GAN, AnomalyCLIP, VCP-CLIP and AdaCLIP all train a few parameters (adapters, prompts) on an
 *auxiliary* dataset, the field's convention being VisA for testing on MVTec AD and the reverse,
 with a focal + dice loss on the pixel masks, in one loop (``fit_on_auxiliary``) to which each
-method brings its loss, its optimiser and its official settings; and they save what they learn
-in one checkpoint format. Not a registered plugin (leading underscore).
+method's ``train`` brings its loss, its optimiser and its official settings. Where the parameters
+come from and how they are saved: ``bench.methods._learned``.
 """
 from __future__ import annotations
 
@@ -22,11 +21,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench.errors import ConfigError, DatasetError, WeightsError
-from bench.interfaces import Backbone, Dataset
+from bench.errors import ConfigError, DatasetError
+from bench.interfaces import Dataset
 from bench.records import Sample
 
-UNTRAINED = "untrained"
 FOCAL_GAMMA = 2.0
 FOCAL_SMOOTH = 1e-5
 DICE_SMOOTH = 1.0
@@ -34,69 +32,10 @@ DICE_SMOOTH = 1.0
 T = TypeVar("T")
 
 
-# --------------------------------------------------------------------------- learned parameters
-
-
-def learned_source(spec: str | Path | None, backbone: Backbone, method: str, option: str, help_text: str) -> Path | None:
-    """Where a method's learned parameters come from: a checkpoint file, or None for fresh ones.
-
-    ``spec``: a file path, ``"untrained"`` (fresh parameters, meaningless maps: tests and smoke
-    runs), or None. None is allowed only on a backbone with random weights (the user asked for a
-    random smoke run with ``--weights random``); otherwise it is a ``WeightsError`` that says how
-    to get the parameters (``help_text``). A path that is not a file is a ``WeightsError`` naming it.
-    """
-    if spec is None or str(spec).strip() == "":
-        if str(getattr(backbone, "weights", "")) == "random":
-            return None
-        raise WeightsError(
-            f"{method} needs its trained {option}: --set method_options.{method}.{option}=PATH. {help_text} "
-            f"({option}=untrained gives fresh parameters: meaningless maps, for tests and smoke runs only; "
-            f"with --weights random they are untrained by default.)"
-        )
-    if str(spec) == UNTRAINED:
-        return None
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"{method} {option} {path}: file not found. {help_text}")
-    return path.resolve()
-
-
-def load_checkpoint(path: Path, method: str, option: str) -> object:
-    """``torch.load`` (weights only) of a method's checkpoint; unreadable files are WeightsErrors."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle / zip / torch errors of many types
-        raise WeightsError(f"{method} {option} {path}: cannot be read by torch.load ({exc})") from None
-
-
-def is_bench_checkpoint(obj: object, fmt: str, version: int, layers: Sequence[str] | None = None) -> bool:
-    """Whether a loaded checkpoint is in bench's format ``fmt``. ValueError when it is, but of another
-    ``version`` or (given ``layers``) trained on other layers."""
-    if not (isinstance(obj, dict) and obj.get("format") == fmt):
-        return False
-    if int(obj.get("version", 0)) != version:
-        raise ValueError(f"format version {obj.get('version')} (this bench reads {version})")
-    saved = tuple(obj.get("layers", ()))
-    if layers is not None and set(saved) != set(layers):
-        raise ValueError(f"trained on layers {', '.join(saved)}, the backbone taps {', '.join(layers)}")
-    return True
-
-
-def save_learned(path: str | Path, fmt: str, version: int, state: Mapping[str, torch.Tensor],
-                 meta: Mapping[str, object], **fields: object) -> Path:
-    """Write learned parameters in bench's format (``torch.save`` of ``{"format", "version", **fields,
-    "state_dict" (CPU copies), "meta"}``); returns the path."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = {k: v.detach().cpu().clone() for k, v in state.items()}
-    torch.save({"format": fmt, "version": version, **fields, "state_dict": state_dict, "meta": dict(meta)}, path)
-    return path
-
-
 # --------------------------------------------------------------------------- losses
 
 
-def focal_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def focal_loss_from_probs(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The field's focal loss on probabilities ``(B, 2, H, W)`` and a ``{0, 1}`` target ``(B, H, W)``.
 
     One-hot target clamped to ``[smooth, 1 - smooth]``, ``p_t = Σ onehot·p + smooth``,
@@ -108,7 +47,7 @@ def focal_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (-(1 - pt).pow(FOCAL_GAMMA) * pt.log()).mean()
 
 
-def dice_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_loss_from_probs(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary dice loss: ``1 - mean_b (2 Σ p t + 1) / (Σ p + Σ t + 1)``."""
     p = prob.flatten(1)
     t = target.flatten(1).float()

@@ -18,6 +18,15 @@ from bench.interfaces import Backbone
 
 T = TypeVar("T")
 
+# APRIL-GAN's prompt_ensemble.py states (object name in {}), which AdaCLIP reuses with its own templates.
+NORMAL_STATES: tuple[str, ...] = (
+    "{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
+    "{} without damage",
+)
+ABNORMAL_STATES: tuple[str, ...] = (
+    "damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage",
+)
+
 
 def require_clip(backbone: Backbone, method: str, official: str, tower: bool = False) -> None:
     """A ConfigError unless ``backbone`` is a CLIP with its text tower: ``encode_text``, or with

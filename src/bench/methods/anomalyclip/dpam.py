@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones.openclip import ClipExtra, parse_layer
+from bench.backbones.openclip import parse_layer
 from bench.errors import ConfigError
-from bench.registry import CLIP_EXTRAS
+from bench.interfaces import BackboneExtra
 
 PREFIX = "dpam."
 EMBEDDING = "dpam.embedding"
@@ -57,9 +57,10 @@ def vv_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
-@CLIP_EXTRAS.register("dpam", "AnomalyCLIP's V-V attention path (DPAM) of the last blocks and its image feature")
-class DPAM(ClipExtra):
+class DPAM(BackboneExtra):
     """V-V attention outputs of chosen blocks and the official AnomalyCLIP image feature (module docstring)."""
+
+    name = "dpam"
 
     def __init__(self, backbone, layers: Sequence[str] | str | None = None, start: str | None = None) -> None:
         visual = backbone.model.visual

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import torch
 
-from bench.backbones.openclip import ClipExtra, OpenClipBackbone
-from bench.registry import CLIP_EXTRAS
+from bench.backbones.openclip import OpenClipBackbone
+from bench.interfaces import BackboneExtra
 
 LAYER = "vcp_embedding"
 
 
-@CLIP_EXTRAS.register(LAYER, "VCP-CLIP: the CLIP image embedding before L2 normalisation, (B, D, 1, 1)")
-class VcpEmbedding(ClipExtra):
+class VcpEmbedding(BackboneExtra):
     """The projected class token of the image tower, not normalised (see the module docstring)."""
+
+    name = LAYER
 
     def __init__(self, backbone: OpenClipBackbone) -> None:
         self.channels = {LAYER: backbone.embedding_dim}

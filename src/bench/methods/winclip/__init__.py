@@ -15,7 +15,7 @@ Pipeline (anomalib's names in brackets):
    normalised here once for the cosine; the two classes form ``T`` ``(D, 2)`` (normal, abnormal).
 3. Window embeddings at scales 2 and 3 [``scales``]: every 2×2 and 3×3 window of patches, stride
    1 (196 and 169 windows), embedded by the image tower run on the class token and the window's
-   patch tokens alone (``bench.backbones.clip_extras.windows``), plus the image embedding.
+   patch tokens alone (the backbone extra ``windows.WindowEmbeddings``), plus the image embedding.
 4. Score of an embedding e: ``softmax(cos(e, T) / 0.07)[abnormal]`` [``class_scores`` with
    ``TEMPERATURE = 0.07``].
 5. Map: per scale, each patch gets the harmonic mean of the scores of the windows covering it
@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from bench.backbones.openclip import ARCHS
 from bench.errors import ConfigError
 from bench.interfaces import Backbone, Method, MethodInfo
-from bench.methods._prompts import ObjectPrompts, ensemble_embeddings, ensemble_sentences, require_clip
+from bench.methods._clip.prompts import ObjectPrompts, ensemble_embeddings, ensemble_sentences, require_clip
+from bench.methods.winclip.windows import WindowEmbeddings
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
 
@@ -70,7 +71,6 @@ OFFICIAL_BACKBONE = "ViT-B-16-plus-240"
 OFFICIAL_WEIGHTS = "laion400m_e31"
 OFFICIAL_INPUT_SIZE = 240
 OFFICIAL_SCALES = (2, 3)
-EXTRA = "windows"  # bench.backbones.clip_extras.windows
 
 DEVIATIONS = (
     "Precision: the backbone runs under its own precision (fp16 autocast on CUDA by default, "
@@ -179,7 +179,7 @@ class WinCLIP(Method):
         """The window extra for every open_clip ViT; the official weights and size for the official one."""
         if backbone not in ARCHS:
             return {}
-        options: dict[str, object] = {"extras": {EXTRA: {"sizes": self.scales}}}
+        options: dict[str, object] = {"extras": {WindowEmbeddings: {"sizes": self.scales}}}
         if backbone == OFFICIAL_BACKBONE:
             options.update(weights=OFFICIAL_WEIGHTS, input_size=OFFICIAL_INPUT_SIZE)
         return options
@@ -192,8 +192,8 @@ class WinCLIP(Method):
             name = getattr(backbone, "name", type(backbone).__name__)
             raise ConfigError(
                 f"winclip needs the window embeddings {', '.join(missing)} (the open_clip backbone's "
-                f"{EXTRA!r} extra, sizes {list(self.scales)}), which backbone {name!r} does not give: create "
-                f"it with winclip.backbone_options(name), as bench run does"
+                f"{WindowEmbeddings.name!r} extra, sizes {list(self.scales)}), which backbone {name!r} does not give: "
+                f"create it with winclip.backbone_options(name), as bench run does"
             )
         self._backbone = backbone
         self._device = torch.device(getattr(backbone, "device", "cpu"))

@@ -1,4 +1,4 @@
-"""Window embeddings: the CLIP image embedding of every k×k window of patches (WinCLIP).
+"""Window embeddings: the CLIP image embedding of every k×k window of patches (WinCLIP's backbone extra).
 
 WinCLIP (Jeong et al., CVPR 2023, arXiv 2303.14814) scores local regions by embedding each
 sliding window of the patch grid as if it were a small image. As in the reference
@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from bench.backbones.openclip import ClipExtra, OpenClipBackbone
+from bench.backbones.openclip import OpenClipBackbone
 from bench.errors import ConfigError
-from bench.registry import CLIP_EXTRAS
+from bench.interfaces import BackboneExtra
 
 CHUNK_TOKENS = 1 << 15  # tokens per transformer pass (window sequences × their length)
 
@@ -44,11 +44,10 @@ def window_index(grid: tuple[int, int], size: int) -> torch.Tensor:
     return windows.reshape(-1, size * size)
 
 
-@CLIP_EXTRAS.register(
-    "windows", "WinCLIP window embeddings: the CLIP embedding of every k x k patch window (option sizes)"
-)
-class WindowEmbeddings(ClipExtra):
+class WindowEmbeddings(BackboneExtra):
     """CLIP embeddings of all k×k patch windows, one layer ``window<k>`` per size (see module doc)."""
+
+    name = "windows"
 
     def __init__(self, backbone: OpenClipBackbone, sizes: Sequence[int] = (2, 3)) -> None:
         sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)

@@ -1,0 +1,100 @@
+"""Training AnomalyCLIP's prompts on an auxiliary dataset, following the official ``train.py`` / ``train.sh``."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import ConfigError
+from bench.interfaces import Backbone, Dataset
+from bench.methods._clip.auxiliary import (
+    AuxiliaryBatch, AuxiliaryData, check_training, dice_loss_from_probs, fit_on_auxiliary, focal_loss_from_probs,
+    training_meta,
+)
+from bench.methods.anomalyclip.model import class_probabilities, image_logits
+from bench.ops import upsample
+
+TRAIN_LR = 1e-3
+TRAIN_BETAS = (0.5, 0.999)
+TRAIN_BATCH_SIZE = 8
+TRAIN_EPOCHS = 15
+TRAIN_SEED = 111
+SEGMENTATION_WEIGHT = 4.0  # lam
+TRAINING = (
+    f"{SEGMENTATION_WEIGHT:g} x (focal + dice(anomalous) + dice(normal)) summed over layers + image cross-entropy; "
+    f"Adam lr {TRAIN_LR} betas {TRAIN_BETAS}, batch {TRAIN_BATCH_SIZE}, {TRAIN_EPOCHS} epochs, seed {TRAIN_SEED}; "
+    f"on the auxiliary dataset's test images"
+)
+
+
+def training_loss(
+    layer_probs: Sequence[torch.Tensor], logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The official training objective (``train.py``) of one batch.
+
+    ``layer_probs``: per layer ``(B, 2, S, S)`` probabilities at the masks' size; ``logits``: ``(B, 2)``
+    image logits; ``masks``: ``(B, S, S)`` in {0, 1}; ``labels``: ``(B,)`` image labels in {0, 1}.
+    Cross-entropy of the logits against the labels + 4 · Σ_layers (focal(p, mask) + dice(p1, mask) +
+    dice(p0, 1 - mask)).
+    """
+    segmentation = sum(
+        focal_loss_from_probs(p, masks) + dice_loss_from_probs(p[:, 1], masks)
+        + dice_loss_from_probs(p[:, 0], 1 - masks)
+        for p in layer_probs
+    )
+    return F.cross_entropy(logits, labels) + SEGMENTATION_WEIGHT * segmentation
+
+
+
+def train(
+    method,
+    backbone: Backbone,
+    dataset: Dataset | str | Path,
+    categories: Sequence[str] | None = None,
+    epochs: int = TRAIN_EPOCHS,
+    lr: float = TRAIN_LR,
+    batch_size: int = TRAIN_BATCH_SIZE,
+    seed: int = TRAIN_SEED,
+    save: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Train ``method``'s prompts on an auxiliary dataset's test images and masks (official ``train.py``).
+
+    method: an AnomalyCLIP method; its current prompts are the start (``checkpoint="untrained"`` to
+    train from scratch, as official). Bound to ``backbone`` first when it is not already.
+    dataset: a bench Dataset or a root; the convention: VisA prompts for MVTec AD and the reverse.
+    categories: those trained on (default: all, shuffled together).
+    epochs, lr, batch_size, seed: official 15, 1e-3, 8, 111 (Adam, betas (0.5, 0.999)).
+    save: write the trained prompts there (``method.save``), loadable with ``checkpoint=PATH``.
+    max_steps: stop after this many optimiser steps (None: all epochs).
+    Returns the loss of every step.
+    """
+    from bench.methods.anomalyclip import AnomalyCLIP
+
+    if not isinstance(method, AnomalyCLIP):
+        raise ConfigError(f"anomalyclip train: trains an AnomalyCLIP method, got {type(method).__name__}")
+    check_training("anomalyclip train", epochs, batch_size, lr, max_steps=max_steps)
+    data = AuxiliaryData.open(dataset, categories)
+    prompts = method.bound_to(backbone)
+    size = int(backbone.input_size)
+    device = method.device
+
+    def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
+        features = backbone.features(backbone.preprocess(batch.images))
+        tokens, embedding = method.projected(features)
+        text = method.encode_text()
+        probs = [upsample(class_probabilities(t, text), (size, size), align_corners=False) for t in tokens]
+        return training_loss(probs, image_logits(embedding, text), batch.masks.to(device), batch.labels.to(device))
+
+    optimizer = torch.optim.Adam(prompts.parameters(), lr=float(lr), betas=TRAIN_BETAS)
+    method.forget_text()  # the prompts change: text() encodes them again
+    losses = fit_on_auxiliary([prompts], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
+                              size=size, mosaic_rate=0.0, rng=np.random.default_rng(int(seed)), max_steps=max_steps,
+                              progress=progress, desc="anomalyclip prompts")
+    trained = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size), seed=int(seed))
+    method.record_training(trained, save)
+    return losses

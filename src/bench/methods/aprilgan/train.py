@@ -1,0 +1,91 @@
+"""Training APRIL-GAN's adapters on an auxiliary dataset, following the official ``train.py`` / ``train.sh``."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import ConfigError
+from bench.interfaces import Backbone, Dataset
+from bench.methods._clip.auxiliary import (
+    AuxiliaryBatch, AuxiliaryData, check_training, dice_loss_from_probs, fit_on_auxiliary, focal_loss_from_probs,
+    official_setting, training_meta,
+)
+from bench.methods.aprilgan.model import layer_logits
+from bench.ops import upsample
+
+TRAIN_LR = 1e-3
+TRAIN_BETAS = (0.5, 0.999)
+TRAIN_BATCH_SIZE = 64
+TRAIN_SEED = 111
+OFFICIAL_EPOCHS = {"visa": 15, "mvtec": 3}  # epochs when training on that auxiliary dataset
+OFFICIAL_MOSAIC_RATE = {"mvtec": 0.2}  # aug_rate: 2x2 mosaics, only when training on MVTec AD
+TRAINING = (
+    f"focal + dice summed over layers; Adam lr {TRAIN_LR} betas {TRAIN_BETAS}, batch {TRAIN_BATCH_SIZE}, seed "
+    f"{TRAIN_SEED}; epochs 15 on VisA / 3 on MVTec AD (mosaic rate 0.2); on the auxiliary dataset's test images"
+)
+
+
+def train(
+    method,
+    backbone: Backbone,
+    dataset: Dataset | str | Path,
+    categories: Sequence[str] | None = None,
+    epochs: int | None = None,
+    lr: float = TRAIN_LR,
+    batch_size: int = TRAIN_BATCH_SIZE,
+    mosaic_rate: float | None = None,
+    seed: int = TRAIN_SEED,
+    save: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Train ``method``'s adapters on an auxiliary dataset's test images and masks (official ``train.py``).
+
+    method: an APRIL-GAN method; its current adapters are the starting point (create it with
+    ``checkpoint="untrained"`` to train from scratch, as the official code does). It is bound to
+    ``backbone`` first when it is not already; after training it scores with the new adapters.
+    dataset: a bench Dataset or a dataset root (opened with ``bench.data.open_dataset``); the
+    field's convention: VisA adapters for testing on MVTec AD, MVTec AD adapters for VisA.
+    categories: the categories trained on (default: all, shuffled together).
+    epochs: None = official for the dataset (15 on VisA, 3 on MVTec AD; required otherwise).
+    lr, batch_size, seed: official 1e-3, 64, 111 (Adam with betas (0.5, 0.999)).
+    mosaic_rate: probability of replacing a sample by a 2x2 mosaic of its category; None =
+    official (0.2 on MVTec AD, 0 otherwise).
+    save: write the trained adapters there (``method.save``), loadable with ``checkpoint=PATH``.
+    max_steps: stop after this many optimiser steps (None: all epochs).
+    Returns the loss of every step.
+    """
+    from bench.methods.aprilgan import APRILGAN
+
+    if not isinstance(method, APRILGAN):
+        raise ConfigError(f"aprilgan train: trains an APRIL-GAN method, got {type(method).__name__}")
+    data = AuxiliaryData.open(dataset, categories)
+    epochs = official_setting(epochs, OFFICIAL_EPOCHS, data, "aprilgan train", "epochs")
+    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "aprilgan train", "mosaic_rate", 0.0))
+    check_training("aprilgan train", epochs, batch_size, lr, rate, max_steps)
+    adapters = method.bound_to(backbone)
+    size = int(backbone.input_size)
+    device = method.device
+
+    def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
+        gt = batch.masks.to(device)
+        feats = backbone.features(backbone.preprocess(batch.images))
+        text = torch.stack([method.text(method.prompts.object_for(c)) for c in batch.categories])  # (B, D, 2)
+        loss = torch.zeros((), device=device)
+        for layer in adapters.layers:
+            logits = layer_logits(adapters, layer, feats.layers[layer].to(device, torch.float32), text)
+            probs = upsample(logits, (size, size), align_corners=True).softmax(dim=1)
+            loss = loss + focal_loss_from_probs(probs, gt) + dice_loss_from_probs(probs[:, 1], gt)
+        return loss
+
+    optimizer = torch.optim.Adam(adapters.parameters(), lr=float(lr), betas=TRAIN_BETAS)
+    losses = fit_on_auxiliary([adapters], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
+                              size=size, mosaic_rate=rate, rng=np.random.default_rng(int(seed)), max_steps=max_steps,
+                              progress=progress, desc="aprilgan adapters")
+    meta = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
+                         mosaic_rate=rate, seed=int(seed))
+    method.record_training(meta, save)
+    return losses

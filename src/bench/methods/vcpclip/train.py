@@ -1,0 +1,161 @@
+"""Training VCP-CLIP's parameters on an auxiliary dataset, following the official ``train.py`` / ``train.sh``,
+with its augmentations (``utils/dataset.py``)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from bench.errors import ConfigError
+from bench.interfaces import Backbone, Dataset
+from bench.methods._clip.auxiliary import (
+    AuxiliaryBatch, AuxiliaryData, check_training, dice_loss_from_probs, fit_on_auxiliary, focal_loss_from_probs,
+    official_setting, training_meta,
+)
+from bench.methods.vcpclip.model import probabilities
+
+TRAIN_LR = {"visa": 4e-5, "mvtec": 2e-5}  # train.sh, per auxiliary dataset
+TEMPERATURE_LR = 0.01  # prompt_temp, prompt_temp_l1
+TRAIN_BETAS = (0.5, 0.999)
+TRAIN_BATCH_SIZE = 32
+TRAIN_EPOCHS = 10
+TRAIN_SEED = 333
+OFFICIAL_MOSAIC_RATE = {"mvtec": 0.2}  # aug_rate: only MVTecDataset makes mosaics
+TRAINING = (
+    f"focal + dice per layer and branch; Adam betas {TRAIN_BETAS}, lr {TRAIN_LR} (temperatures {TEMPERATURE_LR}), "
+    f"batch {TRAIN_BATCH_SIZE}, {TRAIN_EPOCHS} epochs, seed {TRAIN_SEED}; augmentations, mosaics 0.2 on MVTec AD"
+)
+
+
+def _color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """albumentations' ColorJitter defaults: brightness, contrast, saturation ±0.2, hue ±0.2, random order."""
+    from torchvision.transforms import functional as TF
+
+    steps = [(TF.adjust_brightness, rng.uniform(0.8, 1.2)), (TF.adjust_contrast, rng.uniform(0.8, 1.2)),
+             (TF.adjust_saturation, rng.uniform(0.8, 1.2)), (TF.adjust_hue, rng.uniform(-0.2, 0.2))]
+    pil = Image.fromarray(image)
+    for i in rng.permutation(len(steps)):
+        adjust, factor = steps[i]
+        pil = adjust(pil, float(factor))
+    return np.asarray(pil)
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    """Back to uint8 after each step, as albumentations does."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The official training augmentation (module docstring) of a uint8 image and its {0, 1} mask."""
+    if rng.random() < 0.5:  # Rotate(limit=30): bilinear, BORDER_REFLECT_101 (scipy "mirror"); mask nearest
+        angle = rng.uniform(-30, 30)
+        image = _u8(ndimage.rotate(image.astype(np.float32), angle, axes=(1, 0), reshape=False, order=1, mode="mirror"))
+        mask = ndimage.rotate(mask, angle, axes=(1, 0), reshape=False, order=0, mode="mirror")
+    if rng.random() < 0.5:  # RandomRotate90
+        k = int(rng.integers(4))
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
+    if rng.random() < 0.5:  # RandomBrightnessContrast(0.2, 0.2), brightness by max
+        image = _u8(image * (1 + rng.uniform(-0.2, 0.2)) + 255 * rng.uniform(-0.2, 0.2))
+    if rng.random() < 0.5:  # GaussNoise(var_limit=(10, 50)), per channel
+        image = _u8(image + rng.normal(0.0, math.sqrt(rng.uniform(10, 50)), image.shape))
+    if rng.random() < 0.5:  # OneOf(Blur(3), ColorJitter(), GaussianBlur((3, 7))), equal weights
+        choice = int(rng.integers(3))
+        if choice == 0:
+            image = _u8(ndimage.uniform_filter(image.astype(np.float32), size=(3, 3, 1), mode="mirror"))
+        elif choice == 1:
+            image = _color_jitter(image, rng)
+        else:
+            k = int(rng.choice([3, 5, 7]))
+            sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for sigma=0
+            image = _u8(ndimage.gaussian_filter(image.astype(np.float32), (sigma, sigma, 0), mode="mirror",
+                                               truncate=(k // 2) / sigma))
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def _anomalous_pools(data: AuxiliaryData) -> AuxiliaryData:
+    """Mosaic tiles as the official code draws them: uniformly among a category's anomalous images."""
+    pools = {}
+    for category, by_defect in data.pools.items():
+        anomalous = [s for s in data.samples if s.category == category and s.label == 1]
+        pools[category] = {"anomaly": anomalous} if anomalous else by_defect
+    return dataclasses.replace(data, pools=pools)
+
+
+def train(
+    method,
+    backbone: Backbone,
+    dataset: Dataset | str | Path,
+    categories: Sequence[str] | None = None,
+    epochs: int = TRAIN_EPOCHS,
+    lr: float | None = None,
+    batch_size: int = TRAIN_BATCH_SIZE,
+    mosaic_rate: float | None = None,
+    augmentation: bool = True,
+    seed: int = TRAIN_SEED,
+    save: str | Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Train ``method``'s parameters on an auxiliary dataset's test images and masks (official ``train.py``).
+
+    method: a VCP-CLIP method; its current parameters are the starting point (``checkpoint=
+    "untrained"`` to train from scratch). It is bound to ``backbone`` first when it is not
+    already; afterwards it scores with the new parameters.
+    dataset: a bench Dataset or a dataset root; the convention: VisA parameters for testing on
+    MVTec AD, MVTec AD parameters for VisA.
+    categories: the categories trained on (default all, shuffled together).
+    epochs, batch_size, seed: official 10, 32, 333 (seeds the order, the augmentations and
+    torch's global generator, which draws the prompt dropout).
+    lr: None = official for the dataset (4e-5 on VisA, 2e-5 on MVTec AD; required otherwise); the
+    temperatures always use 0.01. Adam with betas (0.5, 0.999).
+    mosaic_rate: 2x2 mosaics of anomalous images; None = official (0.2 on MVTec AD, else 0).
+    augmentation: the official random augmentations (module docstring).
+    save: write the trained parameters there (``method.save``), loadable with ``checkpoint=PATH``.
+    max_steps: stop after this many optimiser steps (None: all epochs).
+    Returns the loss of every step.
+    """
+    from bench.methods.vcpclip import VCPCLIP
+
+    if not isinstance(method, VCPCLIP):
+        raise ConfigError(f"vcpclip train: trains a VCP-CLIP method, got {type(method).__name__}")
+    data = AuxiliaryData.open(dataset, categories)
+    lr = official_setting(lr, TRAIN_LR, data, "vcpclip train", "lr")
+    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "vcpclip train", "mosaic_rate", 0.0))
+    check_training("vcpclip train", epochs, batch_size, lr, rate, max_steps)
+    if rate > 0:
+        data = _anomalous_pools(data)
+    params = method.bound_to(backbone)
+    size = int(backbone.input_size)
+    rng = np.random.default_rng(int(seed))  # the order, the mosaics and the augmentations
+    torch.manual_seed(int(seed))  # the prompt dropout
+
+    def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
+        images = [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in batch.images]
+        masks = batch.masks.numpy()
+        if augmentation:
+            images, masks = zip(*(augment(im, m, rng) for im, m in zip(images, masks)))
+        gt = torch.from_numpy(np.stack(masks)).float().to(method.device)
+        loss = torch.zeros((), device=method.device)
+        for logits in method.logits(backbone.features(backbone.preprocess(list(images)))):
+            for branch in logits:
+                probs = probabilities(branch, size)
+                loss = loss + focal_loss_from_probs(probs, gt) + dice_loss_from_probs(probs[:, 1], gt)
+        return loss
+
+    temperatures = [params.pre.log_scale, params.post.log_scale]
+    others = [p for p in params.parameters() if all(p is not t for t in temperatures)]
+    optimizer = torch.optim.Adam([{"params": others, "lr": float(lr)}, {"params": temperatures, "lr": TEMPERATURE_LR}],
+                                 betas=TRAIN_BETAS)
+    losses = fit_on_auxiliary([params], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
+                              size=size, mosaic_rate=rate, rng=rng, max_steps=max_steps, progress=progress,
+                              desc="vcpclip")
+    trained = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
+                            mosaic_rate=rate, augmentation=bool(augmentation), seed=int(seed))
+    method.record_training(trained, save)
+    return losses

@@ -32,7 +32,9 @@ UNTRAINED = "untrained"
 RESOLUTIONS = ("grid", "input")
 
 
-def learned_source(spec: str | Path | None, backbone: Backbone, method: str, option: str, help_text: str) -> Path | None:
+def learned_source(
+    spec: str | Path | None, backbone: Backbone, method: str, option: str, help_text: str
+) -> Path | None:
     """Where a method's learned parameters come from: a checkpoint file, or None for fresh ones.
 
     ``spec``: a file path, ``"untrained"`` (fresh parameters, meaningless maps: tests and smoke

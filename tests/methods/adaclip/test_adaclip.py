@@ -18,7 +18,6 @@ from clip_helpers import assert_missing_weights_named, assert_runs
 from fakes import TinyBackbone
 
 from bench.errors import ConfigError, WeightsError
-from bench.methods import adaclip as A
 from bench.methods.adaclip import model as M
 from bench.methods.adaclip import train as T
 from bench.methods.adaclip import visual as AP

@@ -166,7 +166,8 @@ def test_backbone_options_info_and_registration():
     assert info.backbone_options["ViT-B-16-plus-240"]["weights"] == "laion400m_e31"
     assert method.backbone_options("ViT-B-32") == {"extras": {WindowEmbeddings: {"sizes": (2, 3)}}}
     assert method.backbone_options("efficientnet_lite0") == {}
-    assert METHODS.create("winclip", scales=[3]).backbone_options("ViT-L-14") == {"extras": {WindowEmbeddings: {"sizes": (3,)}}}
+    three = METHODS.create("winclip", scales=[3])
+    assert three.backbone_options("ViT-L-14") == {"extras": {WindowEmbeddings: {"sizes": (3,)}}}
     assert info.settings["temperature"] == 0.07 and "raw sentence embeddings" in info.settings["prompts"]
     assert "winclip" in METHODS.resolve("all")
 

@@ -80,7 +80,8 @@ def test_passes_are_split_without_changing_the_result(arch, monkeypatch):
 
 
 def test_the_official_grid_has_196_and_169_windows(arch):
-    backbone = oc.OpenClipBackbone(arch, weights="random", input_size=120, extras={W.WindowEmbeddings: {"sizes": (2, 3)}})
+    extras = {W.WindowEmbeddings: {"sizes": (2, 3)}}
+    backbone = oc.OpenClipBackbone(arch, weights="random", input_size=120, extras=extras)
     assert backbone.grid == 15  # as ViT-B-16-plus-240 at 240 px
     x = torch.randn(1, 3, 120, 120, generator=torch.Generator().manual_seed(2))
     fs = backbone.features(x)

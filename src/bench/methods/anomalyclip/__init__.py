@@ -50,11 +50,12 @@ backbone has random weights, i.e. a smoke run with ``--weights random``, where t
 - ``"untrained"``: N(0, 0.02²) initialisation as the official one, seeded by ``init_seed``;
   meaningless maps, for tests and smoke runs only.
 
-Training (``bench.methods.anomalyclip.train.train``, following the official ``train.py``): frozen CLIP, only the prompts learn, on the
-auxiliary dataset's test images and masks (all categories shuffled together). Per batch: image
-loss = cross-entropy of cos(e, T) / 0.07 against the image's label (the dataset's); per layer, p
-upsampled bilinearly to the input size, focal(p, mask) + dice(p1, mask) + dice(p0, 1 - mask)
-[``loss.py``]; loss = 4 · Σ_layers + image loss. Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111.
+Training (``bench.methods.anomalyclip.train.train``, following the official ``train.py``): frozen CLIP,
+only the prompts learn, on the auxiliary dataset's test images and masks (all categories shuffled
+together). Per batch: image loss = cross-entropy of cos(e, T) / 0.07 against the image's label (the
+dataset's); per layer, p upsampled bilinearly to the input size, focal(p, mask) + dice(p1, mask) +
+dice(p0, 1 - mask) [``loss.py``]; loss = 4 · Σ_layers + image loss. Adam lr 1e-3, betas (0.5, 0.999),
+batch 8, 15 epochs, seed 111.
 
     from bench.methods.anomalyclip.train import train
     from bench.registry import BACKBONES, METHODS

@@ -52,9 +52,9 @@ where the adapters are untrained too):
   ``init_seed``). The maps are **meaningless**: for tests and for smoke runs with
   ``--weights random``, never for a result.
 
-Training (``bench.methods.aprilgan.train.train``, following the official ``train.py``): frozen backbone, the adapters alone are
-trained on the auxiliary dataset's **test** images and masks (all its categories, shuffled
-together); per layer the logits are upsampled to the input size (bilinear,
+Training (``bench.methods.aprilgan.train.train``, following the official ``train.py``): frozen backbone,
+the adapters alone are trained on the auxiliary dataset's **test** images and masks (all its
+categories, shuffled together); per layer the logits are upsampled to the input size (bilinear,
 ``align_corners=True``), soft-maxed, and the loss is focal(probabilities, mask) +
 dice(abnormal probability, mask), summed over layers [``loss.py``: focal with gamma 2, no alpha,
 smooth 1e-5 on the one-hot target and on p_t; dice with smooth 1, averaged over images]; masks

@@ -83,7 +83,7 @@ def test_unknown_option_is_named():
     assert "sigma" in str(info.value)  # the known options are listed
 
 
-@pytest.mark.parametrize("bad", [dict(sigma=-1), dict(sigma="4"), dict(sigma=float("nan")), dict(truncate=0)])
+@pytest.mark.parametrize("bad", [dict(sigma=-1), dict(sigma="four"), dict(sigma=float("nan")), dict(truncate=0)])
 def test_invalid_values(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         make(**bad)

@@ -13,8 +13,9 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-demo: setup  ## the main job on the embedded default: every method x every refiner, table printed
+demo: setup  ## the main job on the embedded default: every method x every refiner, table printed, HTML report
 	$(BIN)/bench run
+	$(BIN)/bench report
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -27,4 +28,4 @@ benchmarks: $(BIN)/.benchmarks  ## speed as ratios at full size (tens of minutes
 	$(BIN)/python -m pytest benchmarks --bench-size full --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-group-by=func
 
 clean:
-	rm -rf $(VENV) results/mlflow.db results/artifacts results/data
+	rm -rf $(VENV) results/mlflow.db results/artifacts results/data results/report.html

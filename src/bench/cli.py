@@ -347,6 +347,30 @@ def export(out: Path, tracking_uri: str | None, experiment: str, runs: str, fmt:
 
 
 @main.command()
+@store_options
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="The HTML file to write.  [default: <out>/report.html]")
+@friendly
+def report(out: Path, tracking_uri: str | None, experiment: str, runs: str, output: Path | None) -> None:
+    """Write one self-contained HTML page of the results: leaderboard, decoders and cost,
+    contamination, PGT progress, figure grids, and how to reproduce each run.
+
+    The page embeds its plots and images: it opens from disk with no server and no network.
+
+    \b
+    Examples:
+      bench report                                  # results/report.html of the latest run
+      bench report --runs all --output seeds.html   # mean ± std over the seeds of one configuration
+    """
+    from bench.report import check_output, write_report
+
+    output = check_output(output or out / "report.html")
+    store, selection = _selection(out, tracking_uri, experiment, runs)
+    path = write_report(store, selection, output, tracking_uri or str(out))
+    click.echo(f"report: {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Holds mlflow.db.")
 @click.option("--tracking-uri", help="Browse this database store (sqlite:///...) instead of <out>/mlflow.db.")
 @click.option("--experiment", default="bench", show_default=True)

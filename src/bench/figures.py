@@ -25,10 +25,13 @@ def save_grid(
     refined: dict[str, torch.Tensor],
     titles: list[str] | None = None,
 ) -> Path:
-    """One row per sample; maps are shown with one colour scale per column."""
+    """One row per sample; maps are shown with one colour scale per column (its colour bar below it)
+    and the ground truth's outline drawn on them."""
     columns = [("image", None), ("ground truth", masks), ("coarse", coarse), *refined.items()]
     rows = len(images)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.0 * len(columns), 2.0 * rows), squeeze=False)
+    truth = masks.float().numpy()
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.0 * len(columns), 2.0 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     for c, (name, maps) in enumerate(columns):
         values = None if maps is None else maps.float().numpy()
         low, high = (0, 1) if values is None else (float(values.min()), float(values.max()))
@@ -37,14 +40,20 @@ def save_grid(
             if values is None:
                 ax.imshow(images[r])
             else:
-                ax.imshow(values[r], cmap="gray" if name == "ground truth" else "jet", vmin=low, vmax=high)
+                shown = ax.imshow(values[r], cmap="gray" if name == "ground truth" else "jet", vmin=low, vmax=high)
+            if c > 1 and truth[r].any():  # the outline of the ground truth, in the map's own pixel coordinates
+                height, width = values[r].shape
+                ys = (np.arange(truth.shape[1]) + 0.5) * height / truth.shape[1] - 0.5
+                xs = (np.arange(truth.shape[2]) + 0.5) * width / truth.shape[2] - 0.5
+                ax.contour(xs, ys, truth[r], levels=[0.5], colors="white", linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name, fontsize=9)
             if c == 0 and titles:
                 ax.set_ylabel(printable(titles[r]), fontsize=7)
-    fig.tight_layout()
+        if c > 1:
+            fig.colorbar(shown, ax=axes[:, c], orientation="horizontal", shrink=0.9, aspect=15)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)

@@ -1,0 +1,33 @@
+"""The exact ``bench run`` command that reproduces a run, rebuilt from the parameters it logged."""
+from __future__ import annotations
+
+import ast
+import shlex
+
+import yaml
+
+from bench.config import RunConfig
+
+# Parameters a run logs about what it resolved (not options of `bench run`).
+RESOLVED = ("dataset_resolved", "methods_resolved", "methods_skipped")
+
+
+def run_command(params: dict[str, str]) -> str:
+    """``bench run --set seed=N --set KEY=VALUE ...`` with every logged option that differs from the
+    default (and the seed, always), so that the command gives the same configuration."""
+    defaults = RunConfig().to_params()
+    settings = [f"seed={_yaml(params.get('seed', defaults['seed']))}"]
+    settings += [f"{key}={_yaml(value)}" for key, value in sorted(params.items())
+                 if key not in RESOLVED and key != "seed" and defaults.get(key) != value]
+    return shlex.join(["bench", "run", *[part for item in settings for part in ("--set", item)]])
+
+
+def _yaml(text: str) -> str:
+    """A logged value (``str`` of a Python value) as the YAML scalar or flow list ``--set`` reads."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()

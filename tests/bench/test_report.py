@@ -31,6 +31,7 @@ def units() -> pd.DataFrame:
             for refiner, value, contamination in (("none", base + shift, 0.0), ("ard", ard, 0.0), ("ard", 0.0, 0.5)):
                 rows.append(dict(dataset="synthetic", method="musc", refiner=refiner, category=category, seed=seed,
                                  contamination=contamination, pixel_ap_g2k=value, pixel_auroc_g2k=0.9,
+                                 pixel_ap=value, pixel_auroc=0.9,
                                  n_parameters=1e6 if refiner == "ard" else 0.0, train_seconds_per_group=2.0,
                                  refine_ms_per_image=3.0))
     return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.gains import MEAN, gain_table
+from bench.gains import BASELINE, MEAN, gain_table
 from bench.tables import default_metrics, metric_label, scoped
 
 COSTS = {"n_parameters": "parameters", "train_seconds_per_group": "train s/group",

@@ -79,6 +79,8 @@ def test_the_reproduce_command_gives_back_the_logged_configuration():
     rebuilt = apply_overrides(RunConfig(), parse_set(tuple(parts[1::2])))
     assert rebuilt.to_params() == config.to_params()
     assert run_command(RunConfig().to_params()) == "bench run --set seed=0"
+    older = {"seed": "1", "backbone": "None", "pgt.contamination": "(0.0, 0.5)", "cache": "True"}  # Python reprs
+    assert run_command(older) == "bench run --set seed=1 --set 'pgt.contamination=[0.0, 0.5]'"
 
 
 class _Page(HTMLParser):

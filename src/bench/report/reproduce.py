@@ -18,16 +18,22 @@ def run_command(params: dict[str, str]) -> str:
     defaults = RunConfig().to_params()
     settings = [f"seed={_yaml(params.get('seed', defaults['seed']))}"]
     settings += [f"{key}={_yaml(value)}" for key, value in sorted(params.items())
-                 if key not in RESOLVED and key != "seed" and defaults.get(key) != value]
+                 if key not in RESOLVED and key != "seed" and _yaml(defaults.get(key, "")) != _yaml(value)]
     return shlex.join(["bench", "run", *[part for item in settings for part in ("--set", item)]])
 
 
 def _yaml(text: str) -> str:
-    """A logged value (``str`` of a Python value) as the YAML scalar or flow list ``--set`` reads."""
+    """A logged value as the YAML scalar or flow list ``--set`` reads. Values are logged as YAML;
+    stores from before hold Python reprs such as ``(0.0, 0.5)`` or ``None``, read as such."""
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
         value = text
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
     if isinstance(value, tuple):
         value = list(value)
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()

@@ -16,6 +16,9 @@ from matplotlib.contour import ContourSet
 from bench import figures
 from bench.cli import main
 from bench.config import RunConfig, apply_overrides, parse_set
+from bench.errors import BenchError
+from bench.identity import Selection
+from bench.report import write_report
 from bench.report.data import ReportData
 from bench.report.leaderboard import gains, label, leaderboard
 from bench.report.page import render
@@ -150,3 +153,12 @@ def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
     result = CliRunner().invoke(main, ["report", "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and needle in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_report_shows_one_configuration(tmp_path):
+    frame = units().assign(parent_id=lambda f: f.seed.map({"0": "run-a", "1": "run-b"}),
+                           config=lambda f: f.seed.map({"0": "c1", "1": "c2"}))
+    selection = Selection(frame, {"c1": "pgt.n_groups=2", "c2": "pgt.n_groups=4"})
+    with pytest.raises(BenchError, match="2 configurations .* runs run-a.* runs run-b"):
+        write_report(None, selection, tmp_path / "report.html")  # refused before the store is read
+    assert not (tmp_path / "report.html").exists()

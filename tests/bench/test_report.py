@@ -147,12 +147,12 @@ def test_grid_outlines_the_ground_truth_on_every_map_and_has_a_colour_bar_per_ma
 
 @pytest.mark.parametrize("args, needle", [
     (["--output", "{tmp}"], "is a folder"),
-    ([], "holds no bench run yet"),
+    ([], "no MLflow store there"),
 ])
 def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
     result = CliRunner().invoke(main, ["report", "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and needle in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()  # nothing made
 
 
 def test_a_report_shows_one_configuration(tmp_path):

@@ -16,15 +16,12 @@ from bench.tracking import Store
 
 
 def check_output(output: Path) -> Path:
-    """``output`` if a report can be written there (its folder is made), else one clear error."""
+    """``output`` if a report can be written there, else one clear error (nothing is created)."""
     output = Path(output)
     if output.is_dir():
         raise BenchError(f"--output {output}: is a folder; give a file name such as {output / 'report.html'}")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BenchError(f"--output {output}: cannot create its folder ({exc.strerror})") from None
-    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+    existing = next(folder for folder in output.absolute().parents if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise BenchError(f"--output {output}: cannot write there; choose a writable place")
     return output
 
@@ -39,7 +36,9 @@ def write_report(store: Store, selection: Selection, output: Path, where: str = 
                            for config, units in blocks)
         raise BenchError(f"the runs hold {len(blocks)} configurations and a report shows one: pass one's run ids "
                          f"with --runs ({listed})")
-    output.write_text(render(gather(store, selection.units, where)), encoding="utf-8")
+    html = render(gather(store, selection.units, where))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(html, encoding="utf-8")
     return output
 
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test benchmarks clean
+.PHONY: setup demo test benchmarks gpu-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ $(BIN)/.benchmarks: $(BIN)/.installed
 
 benchmarks: $(BIN)/.benchmarks  ## speed as ratios at full size (tens of minutes); `pytest benchmarks` is the small form
 	$(BIN)/python -m pytest benchmarks --bench-size full --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-group-by=func
+
+gpu-check: setup  ## on a GPU machine (<= 8 min): every CUDA path, fp16 vs fp32, MuSc/ARD speed; JSON + table
+	$(BIN)/python scripts/gpu_check.py --device cuda --out results/gpu_check.json
 
 clean:
 	rm -rf $(VENV) results/mlflow.db results/artifacts results/data results/report.html

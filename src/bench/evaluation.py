@@ -3,35 +3,79 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.imageio import image_size
+from bench.imageio import image_size, read_mask
 from bench.interfaces import Dataset
 from bench.metrics import compute_metrics
 from bench.records import Sample
 
 SCORES_FILE = "image_scores.csv"  # optional, per category: columns image (<defect>/<name>), score
+READ_THREADS = min(8, os.cpu_count() or 1)  # threads that read and decode maps and masks
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def eval_masks(samples: list[Sample], size: int, threshold: float) -> torch.Tensor | None:
-    """Ground truth at the evaluation size: bilinear resize, then ``> threshold``; None without masks."""
-    if any(s.mask is None for s in samples):
+    """Ground truth at the evaluation size: bilinear resize, then ``> threshold``; None without masks.
+
+    A normal image without a mask file is all zeros at ``size`` directly (its image is not
+    decoded); the mask files are decoded in parallel threads.
+    """
+    if any(s.mask_path is None and s.label != 0 for s in samples):
         return None
-    return resize_each([s.mask for s in samples], size) > threshold
+    files = [s for s in samples if s.mask_path is not None]
+    decoded = dict(zip(files, parallel_map(file_mask, files)))
+    if any(m is None for m in decoded.values()):
+        return None
+    out = torch.full((len(samples), size, size), 0.0 > threshold)  # normal images without a mask file
+    rows = [i for i, s in enumerate(samples) if s in decoded]
+    if rows:
+        out[rows] = resize_each([decoded[samples[i]] for i in rows], size) > threshold
+    return out
+
+
+def file_mask(sample: Sample) -> np.ndarray | None:
+    """``sample.mask``, without decoding the image when it is not decoded yet: the size the mask is
+    checked against comes from the image file's header."""
+    if sample.mask_path is None or "image" in vars(sample):
+        return sample.mask
+    return read_mask(sample.mask_path, image_size(sample.path), strict=sample.mask_strict)
+
+
+def parallel_map(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on a few threads (file reading and decoding release the GIL);
+    the first exception is raised as it is, as in the serial form."""
+    if len(items) < 2 * READ_THREADS:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(fn, items))
 
 
 def resize_each(arrays: list[np.ndarray], size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """H×W arrays (sizes may differ: a category can mix image sizes) → ``(N, size, size)`` of
-    ``dtype``, bilinear."""
+    ``dtype``, bilinear.
+
+    Arrays already at ``size`` are copied as they are (bilinear at the same size is the identity);
+    the others are resized in one batch per distinct shape.
+    """
     out = torch.empty((len(arrays), size, size), dtype=dtype)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, array in enumerate(arrays):
-        x = torch.as_tensor(np.asarray(array), dtype=dtype)[None, None]
-        out[i] = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        by_shape.setdefault(np.shape(array), []).append(i)
+    for shape, rows in by_shape.items():
+        x = torch.from_numpy(np.stack([np.asarray(arrays[i]) for i in rows])).to(dtype)
+        if shape != (size, size):
+            x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        out[rows] = x
     return out
 
 
@@ -143,11 +187,13 @@ def read_scores(path: Path) -> dict[str, float]:
 def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_threshold: float, has_masks: bool) -> dict[str, float]:
     """Metrics of one category's maps resized to ``size`` at their own precision (float64 maps
     stay float64); image scores from the CSV or the map maximum."""
-    arrays = []
-    for sample in samples:
+    def read(sample: Sample) -> np.ndarray:
         path = folder / "test" / sample.defect / f"{Path(sample.path).stem}.npy"
-        arrays.append(read_map(path, precise=True))
-        check_aspect(arrays[-1], image_size(sample.path), path)
+        array = read_map(path, precise=True)
+        check_aspect(array, image_size(sample.path), path)
+        return array
+
+    arrays = parallel_map(read, samples)
     wide = any(a.dtype == np.float64 for a in arrays)
     maps = resize_each(arrays, size, torch.float64 if wide else torch.float32)
     scores_path = folder / SCORES_FILE

@@ -1,0 +1,68 @@
+"""`make gpu-check`'s script in its CPU dry form (``--device cpu --tiny``), so that it cannot rot.
+
+Every section runs on tiny sizes (ViT-B-32 at 64 px, random weights, a few ARD steps, a tiny
+``bench run`` in a subprocess); the JSON report must hold each method's agreement numbers and each
+speed figure. The GPU numbers themselves come only from a run on a GPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.methods import aprilgan, winclip
+from bench.registry import METHODS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_dry_run_writes_every_section(gpu_check, tmp_path, monkeypatch, capsys):
+    for module in (aprilgan, winclip):  # their prompt ensembles take ~40 s to encode on one thread
+        monkeypatch.setattr(module, "TEMPLATES", module.TEMPLATES[:1])
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 0, capsys.readouterr().out
+    report = json.loads(out.read_text())
+    sections = report["sections"]
+    assert set(sections) == {"methods", "musc_speed", "ard", "run"}
+    assert all("error" not in s for s in sections.values()), {k: s.get("error") for k, s in sections.items()}
+    rows = sections["methods"]["result"]
+    assert sorted(r["method"] for r in rows) == sorted(METHODS.resolve("all"))
+    for row in rows:  # bf16 on the CPU against fp32: close, and ranked alike
+        assert row["cpu/bf16 max_rel_map"] < 0.5, row
+        assert row["cpu/bf16 spearman_pixels"] > 0.5, row
+    musc = sections["musc_speed"]["result"]
+    assert musc["ms_per_image"] > 0 and 0 < musc["backbone_share_of_peak"] < 10
+    ard = sections["ard"]["result"]
+    assert ard["train_step_ms"] > 0 and ard["refine_ms_per_image"] > 0
+    assert sections["run"]["result"]["returncode"] == 0
+    printed = capsys.readouterr().out
+    assert "musc_speed" in printed and "report:" in printed
+
+
+def test_a_failing_section_is_recorded_and_fails_the_check(gpu_check, tmp_path, monkeypatch):
+    def broken(args):
+        raise RuntimeError("CUDA error: no kernel image is available")
+
+    monkeypatch.setitem(gpu_check.SECTIONS, "ard", broken)
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--sections", "ard", "--out", str(out)]) == 1
+    section = json.loads(out.read_text())["sections"]["ard"]
+    assert "no kernel image" in section["error"] and math.isfinite(section["seconds"])
+
+
+def test_bad_options_are_refused_before_any_work(gpu_check, tmp_path):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--sections", "methods,nope", "--device", "cpu", "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()

@@ -9,16 +9,14 @@ weights (throughput does not depend on the weights; none can be downloaded here)
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import bench.backbones.efficientnet_lite  # noqa: F401 - registers the backbones
 import bench.backbones.openclip  # noqa: F401
 from bench.interfaces import Backbone
 from bench.registry import BACKBONES
+from bench.speed import flops_per_image, matmul_peak
 
 # (name, factory options, batch sizes side by side, timed rounds); bench run encodes in batches of 16
 CASES = {
@@ -51,16 +49,8 @@ def section() -> str:
 def matmul_flops(bench_size: str, device: torch.device, report) -> float:
     """FLOP/s of an n×n fp32 matmul, best of 5 after a warm-up."""
     n = MATMUL_SIDE[bench_size]
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    times = []
-    for _ in range(6):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    flops = 2 * n**3 / min(times[1:])
-    report.add(section(), f"fp32 matmul {n}x{n} (peak)", min(times[1:]), **{"GFLOP/s": flops / 1e9})
+    flops = matmul_peak(device, torch.float32, n)
+    report.add(section(), f"fp32 matmul {n}x{n} (peak)", 2 * n**3 / flops, **{"GFLOP/s": flops / 1e9})
     return flops
 
 
@@ -68,21 +58,6 @@ def matmul_flops(bench_size: str, device: torch.device, report) -> float:
 def backbones() -> dict[str, tuple[Backbone, float]]:
     """Each backbone and its FLOPs per image, made once per module, by name."""
     return {}
-
-
-def flops_per_image(backbone: Backbone, device: torch.device) -> float:
-    """Analytic FLOPs of ``features`` on one image. The fused attention kernel that
-    ``nn.MultiheadAttention`` uses at inference is invisible to the counter, so it counts with
-    that fast path off (the same arithmetic, spelled out in matmuls)."""
-    x = torch.zeros(1, 3, backbone.input_size, backbone.input_size, device=device)
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            backbone.features(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return float(counter.get_total_flops())
 
 
 def test_backbone_throughput(measure, report, backbones, matmul_flops, device, case):

@@ -49,8 +49,15 @@ SPEED_BACKBONE = "ViT-L-14-336"  # MuSc's published backbone, at 518 px
 MUSC_GOAL_MS = 200.0
 
 
-def published_backbone(method) -> tuple[str, dict[str, object]]:
-    """The method's published backbone (the first it declares options for, else its default)."""
+TINY_BACKBONE = ("ViT-B-32", 64)
+
+
+def published_backbone(method, tiny: bool) -> tuple[str, dict[str, object]]:
+    """The method's published backbone (the first it declares options for, else its default) with
+    the method's options; ``tiny``: ViT-B-32 at 64 px with the options the method asks of it."""
+    if tiny:
+        name, size = TINY_BACKBONE
+        return name, {**method.backbone_options(name), "input_size": size}
     name = next(iter(method.info.backbone_options), method.info.default_backbone)
     return name, method.backbone_options(name)
 
@@ -103,9 +110,7 @@ def check_methods(args) -> list[dict[str, object]]:
     images = test_images(args.images, 256 if not args.tiny else 64)
     for name in METHODS.resolve("all"):
         method = METHODS.create(name)
-        backbone_name, backbone_options = published_backbone(method)
-        if args.tiny:
-            backbone_name, backbone_options = "ViT-B-32", {"input_size": 64}
+        backbone_name, backbone_options = published_backbone(method, args.tiny)
         row: dict[str, object] = {"method": name, "backbone": backbone_name,
                                   "input_size": backbone_options.get("input_size", "native")}
         try:
@@ -131,10 +136,8 @@ def check_musc_speed(args) -> dict[str, object]:
     """MuSc at its published setting (ViT-L-14-336 @518, fp16 autocast on CUDA): ms/image and % of peak."""
     device, half = args.device, half_precision(args.device)
     method = METHODS.create("musc")
-    options = method.backbone_options(SPEED_BACKBONE)
-    name = SPEED_BACKBONE
-    if args.tiny:
-        name, options = "ViT-B-32", {"input_size": 64}
+    name, options = (SPEED_BACKBONE, method.backbone_options(SPEED_BACKBONE)) if not args.tiny \
+        else published_backbone(method, tiny=True)
     backbone = BACKBONES.create(name, **{**options, "weights": "random", "device": device, "precision": half})
     method.bind(backbone)
     n = args.musc_images
@@ -159,7 +162,6 @@ def check_ard(args) -> dict[str, object]:
     """ARD at 518 px with ViT-L-14-336 feature shapes (4 layers × 1024 channels, 37×37 grid)."""
     size, grid, layers, width = (518, 37, 4, 1024) if not args.tiny else (64, 4, 2, 32)
     channels = {f"block{i}": width for i in range(layers)}
-    refiner = REFINERS.create("ard", channels=channels, image_size=size, seed=0, device=args.device)
     gen = torch.Generator().manual_seed(0)
     n = 8
     images = torch.randn(n, 3, size, size, generator=gen)
@@ -168,31 +170,15 @@ def check_ard(args) -> dict[str, object]:
     coarse = torch.rand(n, grid, grid, generator=gen)
     masks = (torch.rand(n, size, size, generator=gen) > 0.9).float()
     batch = RefineBatch(images=images, features=features, coarse=coarse, masks=masks)
-    refiner.opts.steps = args.ard_steps
-    refiner.opts.batch_size = n
-    step = best_seconds(lambda: refiner.fit(batch), args.device, rounds=1) / args.ard_steps
-    refine = best_seconds(lambda: refiner.refine(images, features, coarse), args.device, rounds=2)
-    return {"image_size": size, "grid": grid, "batch": n, "train_step_ms": 1000 * step,
-            "refine_ms_per_image": 1000 * refine / n, "parameters": refiner.num_parameters()}
-
-
-def check_run(args) -> dict[str, object]:
-    """A tiny ``bench run --device DEVICE`` end to end, as a user types it (subprocess)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = generate(Path(tmp) / "syn", seed=0, categories=["tile"], n_test=12 if args.tiny else 24,
-                        n_train=0, size=64, progress=False)
-        command = [sys.executable, "-m", "bench", "run", "--data-root", str(root), "--out", f"{tmp}/out",
-                   "--device", args.device, "--set", "pgt.n_groups=2", "--set", "pgt.synth_per_group=8", "--quiet"]
-        command += (["--methods", "musc", "--refiner", "ard", "--weights", "random", "--backbone", "ViT-B-32",
-                     "--set", "refiner_options.ard.steps=2"] if args.tiny else ["--methods", "musc", "--refiner", "all"])
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.run_timeout)
-        result = {"command": " ".join(command[1:]), "seconds": time.perf_counter() - start, "returncode": done.returncode}
-        if done.returncode != 0:
-            result["error"] = done.stderr[-4000:] or done.stdout[-4000:]
-        else:
-            result["table"] = done.stdout[-4000:]
-        return result
+    result: dict[str, object] = {"image_size": size, "grid": grid, "batch": n}
+    for precision in ("fp32", "bf16"):  # bf16: ARD's precision option
+        refiner = REFINERS.create("ard", channels=channels, image_size=size, seed=0, device=args.device,
+                                  steps=args.ard_steps, batch_size=n, precision=precision)
+        step = best_seconds(lambda: refiner.fit(batch), args.device, rounds=1) / args.ard_steps
+        refine = best_seconds(lambda: refiner.refine(images, features, coarse), args.device, rounds=2)
+        result.update({f"{precision}_train_step_ms": 1000 * step, f"{precision}_refine_ms_per_image": 1000 * refine / n})
+    result["parameters"] = refiner.num_parameters()
+    return result
 
 
 SECTIONS = {"methods": check_methods, "musc_speed": check_musc_speed, "ard": check_ard, "run": check_run}
@@ -225,15 +211,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: the CPU dry run of the tests")
     parser.add_argument("--out", type=Path, default=Path("results/gpu_check.json"), help="the JSON report")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--images", type=int, default=None, help="images per method comparison (default 4; tiny 4)")
-    parser.add_argument("--musc-images", type=int, default=None, help="images of the MuSc timing (default 32; tiny 4)")
+    parser.add_argument("--images", type=int, default=None, help="images per method comparison (default 6)")
+    parser.add_argument("--musc-images", type=int, default=None, help="images of the MuSc timing (default 32; tiny 6)")
     parser.add_argument("--ard-steps", type=int, default=None, help="ARD steps timed (default 20; tiny 2)")
-    parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds for the bench run section")
+    parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds for the bench run section (tiny: 600)")
     args = parser.parse_args(argv)
-    args.images = args.images or 4
-    args.musc_images = args.musc_images or (4 if args.tiny else 32)
+    args.images = args.images or 6  # MuSc scores each image against >= 5 others at interval 0.3
+    args.musc_images = args.musc_images or (6 if args.tiny else 32)
     args.ard_steps = args.ard_steps or (2 if args.tiny else 20)
     args.matmul_side = 256 if args.tiny else 8192
+    args.run_timeout = 600.0 if args.tiny and args.run_timeout == 240.0 else args.run_timeout
     unknown = sorted(set(args.sections.split(",")) - set(SECTIONS))
     if unknown:
         parser.error(f"--sections: unknown {unknown}; known: {', '.join(SECTIONS)}")

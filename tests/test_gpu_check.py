@@ -45,7 +45,7 @@ def test_the_dry_run_writes_every_section(gpu_check, tmp_path, monkeypatch, caps
     musc = sections["musc_speed"]["result"]
     assert musc["ms_per_image"] > 0 and 0 < musc["backbone_share_of_peak"] < 10
     ard = sections["ard"]["result"]
-    assert ard["train_step_ms"] > 0 and ard["refine_ms_per_image"] > 0
+    assert ard["fp32_train_step_ms"] > 0 and ard["bf16_refine_ms_per_image"] > 0
     assert sections["run"]["result"]["returncode"] == 0
     printed = capsys.readouterr().out
     assert "musc_speed" in printed and "report:" in printed

@@ -124,6 +124,25 @@ def test_same_seed_same_result_other_seed_differs(case):
     assert not torch.equal(o1, o3)
 
 
+def test_speed_options_keep_the_result_close_and_bad_precision_is_rejected(case):
+    layers, grid, size = CNN_LIKE
+    batch = make_batch(6, size, layers, grid)
+
+    def run(**options):
+        ref = make(case, layers, size, small=True, steps=2, batch_size=4, **options)
+        losses = ref.fit(batch)
+        return losses, ref.refine(batch.images, batch.features, batch.coarse)
+
+    base_losses, base = run()
+    nhwc_losses, nhwc = run(channels_last=True)  # the same arithmetic in another memory layout
+    assert nhwc_losses == pytest.approx(base_losses, rel=1e-4) and (nhwc - base).abs().max() < 1e-3
+    half_losses, half = run(precision="bf16")
+    assert half.dtype == torch.float32 and half_losses == pytest.approx(base_losses, rel=0.05)
+    assert (half - base).abs().max() < 0.1
+    with pytest.raises(ValueError, match="precision"):
+        make(case, layers, size, precision="fp8")
+
+
 # ---- the shared fit loop: every decoder sees the same data order -------------------------------
 
 

@@ -40,6 +40,7 @@ from bench.records import FeatureSet, RefineBatch
 
 COARSE_NORMS = ("robust", "batch", "minmax", "none")
 NORMS = ("group", "batch", "none")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -64,6 +65,13 @@ class TrainOptions:
         batch_size: 8 — mini-batch size (the whole group if it is smaller).
         lr: 1e-3 — Adam learning rate.  weight_decay: 0.0 — Adam weight decay.
         refine_batch_size: 16 — images per forward pass in ``refine``.
+
+    Speed (both off by default: neither is faster on the project's AVX2 CPU, see README
+    "Benchmarks"; both change the float rounding, hence the trained weights, slightly)
+        precision: "fp32" — "bf16" runs forward passes (training and ``refine``) under bf16
+            autocast; weights, optimiser and loss stay fp32. For GPUs and CPUs with native bf16
+            (AVX-512 BF16, AMX); without it bf16 is emulated and many times slower.
+        channels_last: False — True puts the network and its inputs in NHWC memory layout.
     """
 
     use_anomaly_map: bool = True
@@ -75,8 +83,12 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 0.0
     refine_batch_size: int = 16
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.coarse_norm not in COARSE_NORMS:
             raise ValueError(f"coarse_norm must be one of {COARSE_NORMS}, got {self.coarse_norm!r}")
         if not 0.5 < self.norm_quantile < 1.0:
@@ -193,7 +205,7 @@ class TrainableRefiner(Refiner):
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.net = self.build(sum(self.channels.values())).to(self.device)
+            self.net = self.build(sum(self.channels.values())).to(self.device, memory_format=self._layout)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.opts.lr, weight_decay=self.opts.weight_decay)
         self.generator = torch.Generator().manual_seed(self.seed)
         self._order: list[int] = []  # remaining indices of the current pass over a group
@@ -214,6 +226,25 @@ class TrainableRefiner(Refiner):
     @abstractmethod
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Scalar training loss of ``(B,1,H,W)`` logits against ``(B,1,H,W)`` masks in {0, 1}."""
+
+    # ---- speed ------------------------------------------------------------------------------
+
+    @property
+    def _layout(self) -> torch.memory_format:
+        return torch.channels_last if self.opts.channels_last else torch.contiguous_format
+
+    def _autocast(self):
+        """bf16 autocast of the forward pass (option ``precision``), or nothing."""
+        enabled = self.opts.precision == "bf16"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _forward(self, images: torch.Tensor, features: torch.Tensor, anomaly: torch.Tensor) -> torch.Tensor:
+        """``forward`` in the configured layout and precision; float32 logits."""
+        layout = self._layout
+        with self._autocast():
+            logits = self.forward(images.contiguous(memory_format=layout), features.contiguous(memory_format=layout),
+                                  anomaly.contiguous(memory_format=layout))
+        return logits.float()
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -306,7 +337,7 @@ class TrainableRefiner(Refiner):
         losses = []
         for _ in range(self.opts.steps):
             idx = self._next_batch(n).to(self.device)
-            logits = self.forward(images[idx], fused[idx], anomaly[idx])
+            logits = self._forward(images[idx], fused[idx], anomaly[idx])
             loss = self.loss(logits, masks[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -326,7 +357,7 @@ class TrainableRefiner(Refiner):
         for start in range(0, images.shape[0], bs):
             sl = slice(start, start + bs)
             c = coarse[sl]
-            logits = self.forward(
+            logits = self._forward(
                 images[sl].to(self.device, torch.float32),
                 self.fuse_features(features.select(sl), tuple(c.shape[-2:])),
                 self.normalise(c, stats),

@@ -46,7 +46,7 @@ def feature_pass(backbone, x: torch.Tensor, layout: torch.memory_format, dtype: 
     """The tapped maps and head of ``backbone`` on ``x`` (as ``features`` runs them), in ``layout``."""
     autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        maps, head = backbone.model.forward_features(x.contiguous(memory_format=layout),
+        maps, _head = backbone.model.forward_features(x.contiguous(memory_format=layout),
                                                      set(backbone._taps.values()), head=True)
     return [maps[i].float() for i in sorted(backbone._taps.values())]
 

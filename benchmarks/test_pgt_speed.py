@@ -58,6 +58,6 @@ def test_bf16_matmul_against_fp32(report, device, bench_size):
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a16, b16 = a.bfloat16(), b.bfloat16()
     for name, x, y in (("fp32 matmul", a, b), ("bf16 matmul", a16, b16)):
-        seconds = best_seconds(lambda: torch.mm(x, y), device, rounds=3)
+        seconds = best_seconds(lambda x=x, y=y: torch.mm(x, y), device, rounds=3)
         report.add(SECTION, f"{name} {n}x{n}", seconds, **{"GFLOP/s": 2 * n**3 / seconds / 1e9})
     report.ratio(SECTION, "bf16 / fp32 matmul time", (f"bf16 matmul {n}x{n}",), f"fp32 matmul {n}x{n}")

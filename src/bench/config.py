@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ import yaml
 
 from bench.errors import ConfigError
 from bench.executors import EXECUTORS
+from bench.synth import SynthConfig
 
 
 @dataclass
 class PGTConfig:
-    """Progressive group-wise test-time training (DESIGN.md, section 4)."""
+    """Progressive group-wise test-time training (docs/design.md, "PGT")."""
 
     n_groups: int = 4  # the test stream of a category is split into this many groups...
     group_size: int = 0  # ...unless this is > 0: groups of this many images (the last may be smaller)
@@ -31,7 +33,7 @@ class PGTConfig:
     warmup: str = "none"  # "none": group 1 keeps its coarse maps; "self": train on group 1, refine it
     reference: str = "all"  # inter-image methods' reference for test maps: "all" test images or "seen" groups
     fuse_coarse: float = 0.0  # final map = (1 - w) * refined + w * normalised coarse
-    texture_dir: str | None = None  # optional texture folder (e.g. DTD) for anomaly synthesis
+    synth: SynthConfig = field(default_factory=SynthConfig)  # anomaly synthesis of the training images (bench.synth)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class RunConfig:
         for ok, name, value, valid in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={value!r}: must be {valid}")
+        pgt.synth.validate("pgt.synth")
         if self.executor == "ray" and importlib.util.find_spec("ray") is None:
             raise ConfigError("executor='ray' needs Ray, which is not installed: pip install 'anorefiner-bench[ray]'")
         if self.device.startswith("cuda"):
@@ -168,6 +171,28 @@ def parse_contamination(text: str) -> tuple[float, ...]:
     return values
 
 
+# Old spellings of config keys, still accepted with one deprecation line.
+ALIASES = {"pgt.texture_dir": "pgt.synth.texture_dir"}
+
+
+def deprecated(old: str, new: str) -> None:
+    """One ``Warning: ... is deprecated`` line (the CLI prints warnings as one line)."""
+    warnings.warn(f"{old} is deprecated; use {new}", FutureWarning, stacklevel=3)
+
+
+def _as_tuple(current: tuple, value: Any, full: str) -> tuple:
+    """A tuple option from a YAML list or a comma string, each item of the default's item type."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"invalid {full}={value!r}: expected a list, e.g. {full}={list(current)}")
+    kind = type(current[0]) if current else str
+    try:
+        return tuple(kind(item.strip() if isinstance(item, str) else item) for item in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid {full}={value!r}: expected a list of {kind.__name__}, e.g. "
+                          f"{full}={list(current)}") from None
+
+
 def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
     full = full or dotted
     head, _, rest = dotted.partition(".")
@@ -199,6 +224,8 @@ def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
         return
     if head == "contamination":
         value = parse_contamination(value if isinstance(value, str) else ",".join(map(str, value)))
+    elif isinstance(current, tuple):
+        value = _as_tuple(current, value, full)
     elif isinstance(current, Path) or head in ("data_root", "out"):
         value = as_path(value, full, optional=head == "data_root")
     elif isinstance(current, (int, float)) and not isinstance(current, bool):
@@ -282,6 +309,9 @@ def _field_type(target: Any, name: str) -> Any:
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Set dotted keys (``pgt.n_groups``, ``refiner_options.ard.steps``) on ``config``."""
     for key, value in overrides.items():
+        if key in ALIASES:
+            deprecated(key, ALIASES[key])
+            key = ALIASES[key]
         _set_path(config, key, value)
     return config
 

@@ -58,7 +58,11 @@ def open_dataset(root: Path, name: str | None = None) -> Dataset:
 
 def select_categories(dataset: Dataset, spec: str | None) -> list[str]:
     """``None`` / ``"all"`` → every category; ``"a,b"`` → those, validated, in the given order."""
-    known = dataset.categories()
+    return choose_categories(dataset.categories(), spec, str(dataset.root))
+
+
+def choose_categories(known: list[str], spec: str | None, where: str) -> list[str]:
+    """``select_categories`` on a list of ``known`` names; errors start with ``where``."""
     if spec is None or spec.strip().lower() in ("", "all"):
         return list(known)
     chosen: list[str] = []
@@ -68,12 +72,10 @@ def select_categories(dataset: Dataset, spec: str | None) -> list[str]:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise DatasetError(
-                f"{dataset.root}: unknown category {name!r}.{hint} Known: {', '.join(known)}."
-            )
+            raise DatasetError(f"{where}: unknown category {name!r}.{hint} Known: {', '.join(known)}.")
         chosen.append(name)
     if not chosen:
-        raise DatasetError(f"{dataset.root}: no category in {spec!r}. Known: {', '.join(known)}.")
+        raise DatasetError(f"{where}: no category in {spec!r}. Known: {', '.join(known)}.")
     return chosen
 
 

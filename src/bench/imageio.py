@@ -110,3 +110,14 @@ def read_mask(path: Path, shape: tuple[int, int], strict: bool = True) -> np.nda
                 "expected 0 for normal pixels and one value (e.g. 255) for defects"
             )
     return mask > 0
+
+
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize_uint8(image: np.ndarray, size: int, resample: str = "bilinear") -> np.ndarray:
+    """An H×W×3 uint8 image resized to ``size``×``size`` with PIL's ``resample`` filter (as it is when
+    already that size)."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), RESAMPLE[resample]))

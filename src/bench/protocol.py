@@ -1,4 +1,4 @@
-"""PGT, progressive group-wise test-time training (DESIGN.md, section 4), method- and refiner-agnostic.
+"""PGT, progressive group-wise test-time training (docs/design.md, "PGT"), method- and refiner-agnostic.
 
 The test stream of a category is shuffled with the seed and split into groups G1..Gk. For each
 g = 1..k-1 the refiners train on Gg (its lowest-scored images as pseudo-normals, plus anomalies
@@ -21,7 +21,7 @@ from bench.errors import ConfigError
 from bench.interfaces import Backbone, Method, Refiner
 from bench.records import FeatureSet, RefineBatch, ScoreOutput
 from bench.registry import REFINERS
-from bench.synth import SynthConfig, synthesize_set
+from bench.synth import synthesize_set
 
 
 @dataclass
@@ -142,7 +142,7 @@ def training_batch(
     """
     members = group[pseudo]
     synth_images, synth_masks, sources = synthesize_set(
-        list(stream.pixels[members]), config.synth_per_group, rng, SynthConfig(texture_dir=config.texture_dir)
+        list(stream.pixels[members]), config.synth_per_group, rng, config.synth
     )
     synth_x = backbone.preprocess(synth_images)
     synth_features = backbone.features(synth_x)

@@ -1,13 +1,19 @@
 """One generic registry (timm-style ``register`` / ``create`` / ``list``) for every pluggable part.
 
 Methods, refiners, datasets and backbones are each one file that registers itself with a
-decorator; the core only ever looks them up by name, so it never special-cases one.
+decorator; the core only ever looks them up by name, so it never special-cases one. Plugins from
+other distributions register the same way: the registry imports every entry point of its group
+(``bench.methods``, ``bench.refiners``, ``bench.datasets``) on first use, and the module an entry
+point names registers its factories when imported (docs/design.md, "Plugins").
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
+import inspect
 import pkgutil
+import typing
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
@@ -30,13 +36,26 @@ class Entry(Generic[T]):
     description: str
     in_all: bool = True  # part of "all" (False: only when named, e.g. `external`, which needs options)
 
+    @property
+    def product(self) -> type | None:
+        """The class the factory makes: the factory itself when it is a class, else its return
+        annotation (None when it has none), so class attributes can be read without building one."""
+        if inspect.isclass(self.factory):
+            return self.factory
+        try:
+            made = typing.get_type_hints(self.factory).get("return")
+        except Exception:  # an annotation that does not resolve: unknown
+            return None
+        return made if inspect.isclass(made) else None
+
 
 class Registry(Generic[T]):
     """Name → factory, with a one-line description for ``bench list``."""
 
-    def __init__(self, kind: str, package: str) -> None:
+    def __init__(self, kind: str, package: str, group: str | None = None) -> None:
         self.kind = kind
         self._package = package
+        self._group = group  # entry-point group of plugins from other distributions
         self._entries: dict[str, Entry[T]] = {}
         self._loaded = False
 
@@ -63,6 +82,13 @@ class Registry(Generic[T]):
         for module in pkgutil.iter_modules(package.__path__):
             if not module.name.startswith("_"):
                 importlib.import_module(f"{self._package}.{module.name}")
+        for point in importlib.metadata.entry_points(group=self._group) if self._group else ():
+            try:
+                point.load()  # importing the module registers its factories
+            except Exception as exc:
+                source = f" of {point.dist.name}" if point.dist else ""
+                raise BenchError(f"plugin entry point {point.name!r} ({point.value}){source} in group "
+                                 f"{self._group!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
     def names(self) -> list[str]:
         self._load()
@@ -112,7 +138,7 @@ class Registry(Generic[T]):
         return names
 
 
-METHODS: Registry = Registry("method", "bench.methods")
-REFINERS: Registry = Registry("refiner", "bench.refiners")
-DATASETS: Registry = Registry("dataset", "bench.datasets")
+METHODS: Registry = Registry("method", "bench.methods", "bench.methods")
+REFINERS: Registry = Registry("refiner", "bench.refiners", "bench.refiners")
+DATASETS: Registry = Registry("dataset", "bench.datasets", "bench.datasets")
 BACKBONES: Registry = Registry("backbone", "bench.backbones")

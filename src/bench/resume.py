@@ -51,8 +51,9 @@ HOST_TAG = "bench.host"
 PID_TAG = "bench.pid"
 RESUMED_TAG = "bench.resumed"  # how many times this parent was resumed
 UNFINISHED = ("RUNNING", "KILLED", "FAILED")
-# Parameters that say where results go or how to start, not what is computed.
-NOT_IN_HASH = ("out", "tracking_uri", "resume", "executor", "ray_address")  # where and how, not what
+# Parameters that say where results go, how to start or what else to keep, not what is computed:
+# a rerun that changes only these (e.g. with --no-cache after a crash) resumes.
+NOT_IN_HASH = ("out", "tracking_uri", "resume", "executor", "ray_address", "cache", "figures")
 
 BlockKey = tuple[str, str, float]  # (category, method, contamination)
 

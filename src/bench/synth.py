@@ -1,9 +1,9 @@
 """Anomaly synthesis for PGT training: Perlin-shaped masks filled by texture, cut-paste or pattern.
 
 PGT trains a refiner on pseudo-normal test images of a group with synthetic anomalies pasted on
-them (DESIGN.md section 4). Everything here is our own numpy/PIL code and is deterministic given
+them (docs/design.md, "PGT"). Everything here is our own numpy/PIL code and is deterministic given
 a ``np.random.Generator``; it is independent of the embedded dataset's defect generator
-(``bench/datasets/synthetic.py``), so a refiner cannot score well by learning that generator.
+(``bench/embedded``), so a refiner cannot score well by learning that generator.
 
 Masks: DRAEM-style thresholded Perlin noise. The lattice resolution along each axis is
 ``2 ** k`` with ``k`` an integer drawn from ``[lo, hi)`` of ``perlin_scale_range`` (DRAEM draws
@@ -51,9 +51,10 @@ TEXTURE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", 
 _MAX_TRIES = 20  # Perlin redraws before falling back to a quantile threshold
 
 
-@dataclass(frozen=True)
+@dataclass
 class SynthConfig:
-    """Options of the anomaly synthesis; validated on construction (``ConfigError``).
+    """Options of the anomaly synthesis, ``pgt.synth.*`` of a run; validated on construction and by
+    ``validate`` (``ConfigError`` naming ``pgt.synth.<key>``).
 
     ``recipes``: fill recipes to draw from uniformly, any of ``texture``, ``cutpaste``,
     ``pattern``. ``perlin_scale_range``: exponents ``[lo, hi)`` of the Perlin lattice resolution
@@ -77,38 +78,46 @@ class SynthConfig:
     foreground: str = "none"
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, prefix: str = "pgt.synth") -> "SynthConfig":
+        """Check every option; errors name ``<prefix>.<key>``."""
         recipes = tuple(self.recipes) if not isinstance(self.recipes, str) else (self.recipes,)
-        object.__setattr__(self, "recipes", recipes)
+        self.recipes = recipes
         if not recipes:
-            raise ConfigError(f"synth.recipes is empty; choose one or more of {', '.join(RECIPES)}")
+            raise ConfigError(f"{prefix}.recipes is empty; choose one or more of {', '.join(RECIPES)}")
         unknown = [r for r in recipes if r not in RECIPES]
         if unknown:
             raise ConfigError(
-                f"synth.recipes: unknown recipe {', '.join(map(repr, unknown))}; "
+                f"{prefix}.recipes: unknown recipe {', '.join(map(repr, unknown))}; "
                 f"valid recipes are {', '.join(RECIPES)}"
             )
+        for key in ("perlin_scale_range", "beta_range"):
+            if len(tuple(getattr(self, key))) != 2:
+                raise ConfigError(f"{prefix}.{key}={getattr(self, key)!r}: need two values [lo, hi]")
         lo, hi = self.perlin_scale_range
         if not (int(lo) == lo and int(hi) == hi and 0 <= lo < hi <= 10):
             raise ConfigError(
-                f"synth.perlin_scale_range={self.perlin_scale_range!r}: need integers 0 <= lo < hi <= 10 "
+                f"{prefix}.perlin_scale_range={self.perlin_scale_range!r}: need integers 0 <= lo < hi <= 10 "
                 "(lattice resolution 2**k, k drawn from [lo, hi))"
             )
         if not -1.0 < self.threshold < 1.0:
-            raise ConfigError(f"synth.threshold={self.threshold}: must lie in (-1, 1) (Perlin noise range)")
+            raise ConfigError(f"{prefix}.threshold={self.threshold}: must lie in (-1, 1) (Perlin noise range)")
         b0, b1 = self.beta_range
         if not 0.0 < b0 <= b1 <= 1.0:
-            raise ConfigError(f"synth.beta_range={self.beta_range!r}: need 0 < lo <= hi <= 1")
+            raise ConfigError(f"{prefix}.beta_range={self.beta_range!r}: need 0 < lo <= hi <= 1")
         if not 0.0 < self.min_area_fraction < self.max_area_fraction <= 1.0:
             raise ConfigError(
-                f"synth.min_area_fraction={self.min_area_fraction}, max_area_fraction="
+                f"{prefix}.min_area_fraction={self.min_area_fraction}, max_area_fraction="
                 f"{self.max_area_fraction}: need 0 < min < max <= 1"
             )
         if self.foreground not in FOREGROUND_MODES:
             raise ConfigError(
-                f"synth.foreground={self.foreground!r}: valid values are {', '.join(FOREGROUND_MODES)}"
+                f"{prefix}.foreground={self.foreground!r}: valid values are {', '.join(FOREGROUND_MODES)}"
             )
         if self.texture_dir is not None:
             _texture_files(str(self.texture_dir))  # raises ConfigError naming the folder
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +338,7 @@ def _texture_files(texture_dir: str) -> tuple[str, ...]:
     root = Path(texture_dir).expanduser()
     if not root.is_dir():
         raise ConfigError(
-            f"synth.texture_dir={texture_dir!r}: folder not found (looked for {root.resolve()}); "
+            f"pgt.synth.texture_dir={texture_dir!r}: folder not found (looked for {root.resolve()}); "
             "point it to a folder of texture images (e.g. DTD's images/) or leave it unset"
         )
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in TEXTURE_EXTENSIONS and p.is_file())
@@ -343,7 +352,7 @@ def _texture_files(texture_dir: str) -> tuple[str, ...]:
             continue
     if not readable:
         raise ConfigError(
-            f"synth.texture_dir={texture_dir!r}: no readable images in {root.resolve()} "
+            f"pgt.synth.texture_dir={texture_dir!r}: no readable images in {root.resolve()} "
             f"({len(files)} file(s) with extensions {', '.join(TEXTURE_EXTENSIONS)} found)"
         )
     return tuple(readable)
@@ -358,7 +367,7 @@ def _load_texture(path: str, h: int, w: int) -> np.ndarray:
                 im = im.resize((w, h), Image.BILINEAR)
             arr = np.asarray(im).copy()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ConfigError(f"synth.texture_dir: {path}: not a readable image ({exc})") from None
+        raise ConfigError(f"pgt.synth.texture_dir: {path}: not a readable image ({exc})") from None
     arr.flags.writeable = False
     return arr
 

@@ -1,5 +1,5 @@
-"""bench/api.py: which methods a run sets up (``--methods all`` skips the unusable ones, saying why)
-and the method catalog behind `bench list methods`."""
+"""bench/plan.py and bench/catalog.py: which methods a run sets up (``--methods all`` skips the
+unusable ones, saying why) and the method catalog behind `bench list methods`."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +7,8 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from bench.api import Runner, SkippedMethodWarning, method_catalog
+from bench.catalog import method_catalog
+from bench.plan import Backbones, SkippedMethodWarning, bind_methods
 from bench.backbones import openclip
 from bench.cli import main
 from bench.config import RunConfig
@@ -19,29 +20,33 @@ def offline(monkeypatch):
     monkeypatch.setattr(openclip, "network_reachable", lambda *a, **k: False)
 
 
-def test_all_skips_methods_that_cannot_run_and_says_why(offline, tmp_path):
-    runner = Runner(RunConfig(out=str(tmp_path)), progress=False)
+def usable_methods(config: RunConfig, names: list[str], skip_unusable: bool):
+    bound, skipped = bind_methods(names, config, Backbones(config), skip_unusable)
+    return list(bound), skipped
+
+
+def test_all_skips_methods_that_cannot_run_and_says_why_in_one_line_and_a_hint(offline, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        usable = runner.usable_methods(["musc", "aprilgan"], skip_unusable=True)
+        usable, skipped = usable_methods(RunConfig(out=str(tmp_path)), ["musc", "aprilgan", "winclip", "adaclip"], True)
     assert usable == ["musc"]
-    assert list(runner.skipped) == ["aprilgan"] and "openai" in runner.skipped["aprilgan"]
+    assert list(skipped) == ["aprilgan", "winclip", "adaclip"] and "openai" in skipped["aprilgan"]
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedMethodWarning)]
-    assert len(messages) == 1 and messages[0].startswith("--methods all: skipping aprilgan: ")
+    assert len(messages) == 1
+    line, hint = messages[0].splitlines()
+    assert line.startswith("--methods all: skipped aprilgan, adaclip (ViT-L-14-336 weights 'openai': no cached file found)")
+    assert "winclip (ViT-B-16-plus-240 weights 'laion400m_e31'" in line and len(line) < 250
+    assert hint.startswith("Hint: name a skipped method (--methods aprilgan)")
 
 
 def test_named_methods_are_never_skipped(offline, tmp_path):
-    runner = Runner(RunConfig(out=str(tmp_path)), progress=False)
     with pytest.raises(WeightsError, match="openai"):
-        runner.usable_methods(["musc", "aprilgan"], skip_unusable=False)
+        usable_methods(RunConfig(out=str(tmp_path)), ["musc", "aprilgan"], skip_unusable=False)
 
 
 def test_all_with_nothing_usable_is_one_error_listing_each_reason(offline, tmp_path):
-    runner = Runner(RunConfig(out=str(tmp_path)), progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ConfigError, match="no method can run.*aprilgan: "):
-            runner.usable_methods(["aprilgan"], skip_unusable=True)
+    with pytest.raises(ConfigError, match="no method can run.*aprilgan: "):
+        usable_methods(RunConfig(out=str(tmp_path)), ["aprilgan"], skip_unusable=True)
 
 
 def test_catalog_describes_every_method():
@@ -60,15 +65,12 @@ def test_list_methods_shows_paper_training_and_details():
 
 
 def test_all_never_skips_a_method_with_bad_options(tmp_path):
-    runner = Runner(RunConfig(out=str(tmp_path), method_options={"musc": {"r_list": [2]}}), progress=False)
+    config = RunConfig(out=str(tmp_path), method_options={"musc": {"r_list": [2]}})
     with pytest.raises(ConfigError, match="odd"):
-        runner.usable_methods(["musc"], skip_unusable=True)
-    assert runner.skipped == {}
+        usable_methods(config, ["musc"], skip_unusable=True)
 
 
 def test_all_never_skips_weights_the_user_named(tmp_path):
     missing = tmp_path / "missing.pth"
-    runner = Runner(RunConfig(out=str(tmp_path), weights=str(missing)), progress=False)
     with pytest.raises(WeightsError, match="missing.pth"):
-        runner.usable_methods(["musc", "aprilgan"], skip_unusable=True)
-    assert runner.skipped == {}
+        usable_methods(RunConfig(out=str(tmp_path), weights=str(missing)), ["musc", "aprilgan"], skip_unusable=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fakes import BrightnessMethod, TinyBackbone
 
-from bench import api
+from bench import plan, runner
 from bench.cache import CACHE_VERSION, FeatureCache, backbone_fingerprint, encode
 from bench.config import RunConfig
 from bench.records import Sample
@@ -50,16 +50,16 @@ def _samples(tmp_path, n: int = 6) -> list[Sample]:
 def test_second_build_does_zero_forwards_and_gives_the_same_features(tmp_path):
     samples = _samples(tmp_path)
     backbone = CountingBackbone()
-    first = api.build_stream(samples, backbone, batch_size=4, progress=False, cache=FeatureCache(tmp_path / "cache", backbone))
+    first = runner.build_stream(samples, backbone, batch_size=4, progress=False, cache=FeatureCache(tmp_path / "cache", backbone))
     assert backbone.forwards == 6
     again = CountingBackbone()
     cache = FeatureCache(tmp_path / "cache", again)
-    second = api.build_stream(samples, again, batch_size=4, progress=False, cache=cache)
+    second = runner.build_stream(samples, again, batch_size=4, progress=False, cache=cache)
     assert again.forwards == 0 and (cache.hits, cache.misses) == (6, 0)
     assert torch.equal(first.features.layers["pool4"], second.features.layers["pool4"])  # bit-identical
     assert torch.equal(first.features.embedding, second.features.embedding)
     assert torch.equal(first.images, second.images) and np.array_equal(first.pixels, second.pixels)
-    uncached = api.build_stream(samples, CountingBackbone(), batch_size=4, progress=False)
+    uncached = runner.build_stream(samples, CountingBackbone(), batch_size=4, progress=False)
     assert torch.equal(uncached.features.layers["pool4"], first.features.layers["pool4"])
     assert second.features.keys == [s.key for s in samples] and second.features.category == "cat"
 
@@ -177,19 +177,19 @@ def fake_registry(monkeypatch):
         created.append(CountingBackbone(**kwargs))
         return created[-1]
 
-    monkeypatch.setattr(api.BACKBONES, "create", create_backbone)
-    monkeypatch.setattr(api.METHODS, "create", lambda name, **kw: Recording())
+    monkeypatch.setattr(plan.BACKBONES, "create", create_backbone)
+    monkeypatch.setattr(plan.METHODS, "create", lambda name, **kw: Recording())
     Recording.bound = []
     return created, Recording
 
 
 def test_backbones_are_shared_by_name_and_options(tmp_path, fake_registry):
     created, _ = fake_registry
-    runner = api.Runner(RunConfig(out=tmp_path, weights="random"), progress=False)
-    first = runner.backbone("vit", {"input_size": 64, "layers": ("block6", "block12")})
-    assert runner.backbone("vit", {"layers": ["block6", "block12"], "input_size": 64}) is first
-    assert runner.backbone("vit", {"input_size": 32}) is not first
-    assert runner.backbone("vit") is not first and len(created) == 3
+    backbones = plan.Backbones(RunConfig(out=tmp_path, weights="random"))
+    first = backbones.get("vit", {"input_size": 64, "layers": ("block6", "block12")})
+    assert backbones.get("vit", {"layers": ["block6", "block12"], "input_size": 64}) is first
+    assert backbones.get("vit", {"input_size": 32}) is not first
+    assert backbones.get("vit") is not first and len(created) == 3
     assert created[0].options == {"input_size": 64, "layers": ("block6", "block12"), "device": "cpu", "weights": "random"}
 
 
@@ -200,12 +200,12 @@ def test_a_second_run_does_zero_backbone_forwards(tmp_path, fake_registry):
     root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=10, size=40, progress=False)
     config = RunConfig(data_root=root, out=tmp_path / "out", methods="musc", refiners="none", figures=0)
     config.pgt.n_groups = 2
-    api.Runner(config, progress=False).run()
+    runner.Runner(config, progress=False).run()
     assert len(created) == 1 and created[0].forwards == 10
-    # bind() got the backbone the method scores (once when the run checks its methods, once per unit)
-    assert recording.bound == [created[0], created[0]]
-    api.Runner(config, progress=False).run()
+    # the method is created and bound once, in the run's plan, to the backbone it scores
+    assert recording.bound == [created[0]]
+    runner.Runner(config, progress=False).run()
     assert len(created) == 2 and created[1].forwards == 0
     config.cache = False
-    api.Runner(config, progress=False).run()
+    runner.Runner(config, progress=False).run()
     assert created[2].forwards == 10

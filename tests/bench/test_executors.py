@@ -71,13 +71,14 @@ def test_an_address_where_nothing_answers_fails_at_once():
     assert not ray.is_initialized()
 
 
-def test_a_runner_travels_as_its_config_and_resume_state(tmp_path):
-    runner = Runner(RunConfig(out=tmp_path, seed=7), progress=True)
+def test_a_runner_travels_as_its_config_resume_state_and_methods(tmp_path):
+    runner = Runner(RunConfig(out=tmp_path, seed=7), progress=True, methods=["musc"])
     runner.resume_state = ResumeState("parent", finished={("tile", "musc", 0.0, "none"): "run"})
-    runner._backbones[("x",)] = threading.Lock()  # process state: not picklable, must not travel
+    runner._streams[(0, "x")] = threading.Lock()  # process state: not picklable, must not travel
     copy = pickle.loads(pickle.dumps(runner))
     assert copy.config == runner.config and copy.resume_state == runner.resume_state
-    assert copy._backbones == {} and copy.progress is False  # progress bars are the driver's
+    assert copy._methods == ["musc"]  # the worker binds exactly the parent's methods (none skipped there)
+    assert copy._streams == {} and copy.progress is False  # progress bars are the driver's
 
 
 # ----------------------------------------------------------------------------- a local Ray cluster

@@ -1,0 +1,58 @@
+"""bench/plan.py: every configuration error stops `bench run` with one `Error:` line before any work
+(no embedded dataset written, no MLflow store created); the plan binds each method once."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.config import RunConfig
+from bench.plan import build_plan
+
+
+@pytest.fixture
+def maps_dir(tmp_path):
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    return str(folder)
+
+
+BAD = [
+    (["--refiners", "ardd"], "Did you mean 'ard'"),
+    (["--refiner", "ardd"], "Did you mean 'ard'"),  # the old spelling, deprecated
+    (["--methods", "muscc"], "Did you mean 'musc'"),
+    (["--methods", "musc", "--set", "refiner_options.ard.stepz=40"], "stepz"),
+    (["--methods", "musc", "--set", "refiner_options.ard.steps=abc"], "refiner 'ard'"),
+    (["--methods", "musc", "--refiners", "gaussian", "--set", "refiner_options.gaussian.sigmaa=2"], "gaussian"),
+    (["--methods", "musc", "--set", "method_options.musc.r_lis=3"], "r_lis"),
+    (["--methods", "external", "--set", "method_options.external.maps_dir=MAPS", "--refiners", "ard"],
+     "trainable refiner(s) ard"),
+    (["--methods", "musc", "--set", "pgt.n_groups=120"], "needs at least"),
+    (["--methods", "musc", "--categories", "woood"], "Did you mean 'wood'"),
+    (["--methods", "musc", "--set", "pgt.synth.recipes=[texture,sparkles]"], "pgt.synth.recipes"),
+    (["--methods", "musc", "--set", "pgt.synth.threshold=abc"], "pgt.synth.threshold"),
+    (["--methods", "musc", "--set", "pgt.synth.perlin_scale_range=[4,2]"], "pgt.synth.perlin_scale_range"),
+    (["--methods", "musc", "--set", "pgt.synth.texture_dir=/no/such/dtd"], "/no/such/dtd"),
+    (["--methods", "musc", "--device", "cuda:x"], "device"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_a_bad_configuration_is_one_error_line_before_any_work(args, needle, tmp_path, maps_dir):
+    out = tmp_path / "out"
+    args = [maps_dir.join(a.split("MAPS")) if "MAPS" in a else a for a in args]
+    result = CliRunner().invoke(main, ["run", "--out", str(out), "--quiet", *args])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and needle in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert not (out / "data").exists() and not (out / "mlflow.db").exists()  # nothing written, no run created
+
+
+def test_the_plan_creates_and_binds_each_method_once_and_reads_refiner_classes(tmp_path):
+    plan = build_plan(RunConfig(out=tmp_path, methods="musc", refiners="ard,gaussian"))
+    assert list(plan.methods) == ["musc"] and plan.refiners == ("none", "ard", "gaussian")
+    assert plan.trainable == ["ard"] and plan.dataset is None  # the embedded default: planned, not written
+    assert plan.categories == ["fabric", "nut", "pcb", "pill", "tile", "wood"]
+    assert [(t.category, t.method) for t in plan.tasks()][:2] == [("fabric", "musc"), ("nut", "musc")]
+    assert not (tmp_path / "data").exists()

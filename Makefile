@@ -17,7 +17,8 @@ demo: setup  ## the main job on the embedded default: every method x every refin
 	$(BIN)/bench run
 	$(BIN)/bench report
 
-test: setup
+test: setup  ## lint (ruff, rules in pyproject.toml), then the test suite
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 $(BIN)/.benchmarks: $(BIN)/.installed

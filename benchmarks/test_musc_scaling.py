@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.records import FeatureSet
 from bench.methods.musc import MuSc
+from bench.records import FeatureSet
 
 SET_SIZES = {"small": (50, 100), "full": (50, 100, 200, 500)}
 INPUT_SIZE = {"small": 128, "full": 256}

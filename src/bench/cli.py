@@ -145,8 +145,9 @@ def data_check(path: Path, dataset: str | None, categories: str | None) -> None:
     Example:
       bench data check /data/mvtec_anomaly_detection
     """
-    from bench.data import check_dataset, open_dataset, select_categories
     from tabulate import tabulate
+
+    from bench.data import check_dataset, open_dataset, select_categories
 
     ds = open_dataset(path, dataset)
     rows = check_dataset(ds, select_categories(ds, categories))

@@ -5,7 +5,7 @@ never knows which dataset, method or refiner is on the other side.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -107,17 +107,3 @@ class RefineBatch:
     features: FeatureSet
     coarse: torch.Tensor  # (B, h, w)
     masks: torch.Tensor  # (B, H, W) float in {0, 1}
-
-
-@dataclass
-class CategoryResult:
-    """Metrics of one (dataset, method, refiner, category) unit."""
-
-    dataset: str
-    method: str
-    refiner: str
-    category: str
-    metrics: dict[str, float]
-    timings: dict[str, float] = field(default_factory=dict)
-    n_images: int = 0
-    n_anomalous: int = 0

@@ -7,12 +7,12 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from bench.catalog import method_catalog
-from bench.plan import Backbones, SkippedMethodWarning, bind_methods
 from bench.backbones import openclip
+from bench.catalog import method_catalog
 from bench.cli import main
 from bench.config import RunConfig
 from bench.errors import ConfigError, WeightsError
+from bench.plan import Backbones, SkippedMethodWarning, bind_methods
 
 
 @pytest.fixture

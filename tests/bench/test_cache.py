@@ -6,13 +6,12 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from fakes import BrightnessMethod, TinyBackbone
 
 from bench import plan, runner
 from bench.cache import CACHE_VERSION, FeatureCache, backbone_fingerprint, encode
 from bench.config import RunConfig
 from bench.records import Sample
-
+from fakes import BrightnessMethod, TinyBackbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

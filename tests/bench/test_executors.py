@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from processes import free_port, left_behind
 
 from bench import config as config_module
 from bench.api import Runner
@@ -20,9 +19,13 @@ from bench.cli import main
 from bench.config import RunConfig, parse_contamination
 from bench.datasets.synthetic import generate
 from bench.errors import ConfigError
-from bench.executors import LocalProcesses, connect, descendants, ray_cluster, require_shared_store, serial
+from bench.executors import serial
+from bench.ray_executor import connect, ray_cluster
+from bench.reaping import LocalProcesses, descendants
 from bench.resume import ResumeState
+from bench.store_policy import require_shared_store
 from bench.tracking import open_store
+from processes import free_port, left_behind
 
 
 def test_serial_computes_each_task_in_order_when_asked():

@@ -10,13 +10,13 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from processes import free_port, left_behind
 
 from bench.cli import main
 from bench.datasets.synthetic import generate
 from bench.errors import BenchError
 from bench.server import require_free_port, server_uri
 from bench.tracking import open_store
+from processes import free_port, left_behind
 
 STARTED = re.compile(r"MLflow tracking server at (http://\S+) \(pid (\d+),")
 

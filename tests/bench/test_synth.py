@@ -1,7 +1,6 @@
 """Anomaly synthesis for PGT (bench.synth): determinism, mask/pixel contract, recipes, errors."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image

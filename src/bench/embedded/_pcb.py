@@ -8,7 +8,6 @@ import numpy as np
 from ._draw import _aa, _fine, _grid, _jitter, _lowfreq, _mix, _rect_sdf, _segments_distance, _window
 from ._scenes import Scene
 
-
 IC_PINS = 7  # per long side
 
 

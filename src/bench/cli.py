@@ -82,7 +82,7 @@ def list_(what: str | None, details: bool) -> None:
     from tabulate import tabulate
 
     from bench import registry
-    from bench.api import method_catalog
+    from bench.catalog import method_catalog
 
     for kind in [what] if what else LISTS:
         click.secho(kind, bold=True)

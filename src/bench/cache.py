@@ -1,4 +1,4 @@
-"""Content-addressed on-disk cache of backbone features, one file per image (DESIGN.md, section 1).
+"""Content-addressed on-disk cache of backbone features, one file per image (docs/design.md, "Feature cache and resume").
 
 Key of an image = sha256 over: the bench cache version, the backbone's identity
 (``Backbone.identity()``: name, class, layers, input size, precision, weights tag or ``random``,

@@ -1,4 +1,4 @@
-"""The contracts every plugin implements (docs/design.md, section 3).
+"""The contracts every plugin implements (docs/design.md, "Contracts").
 
 A dataset, backbone, method or refiner is one file that subclasses one of these and registers
 its factory in ``bench.registry``; the protocol only talks to these interfaces.

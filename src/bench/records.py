@@ -1,4 +1,4 @@
-"""The small typed records that the stages exchange (DESIGN.md, section 3).
+"""The small typed records that the stages exchange (docs/design.md, "Contracts").
 
 Each stage reads and writes only these, so it can be tested alone with ``torch.randn`` inputs and
 never knows which dataset, method or refiner is on the other side.

@@ -2,7 +2,7 @@
 machines (``bench run --executor ray --tracking-uri http://HOST:PORT``).
 
 ``mlflow server`` starts worker processes that outlive a plain kill of its main process, and
-background job workers unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` (DESIGN.md, section 8):
+background job workers unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` (docs/design.md, "Executors and tracking"):
 it runs here with job execution off, in its own process group, and is stopped as a group.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MVTec AD (Bergmann et al., CVPR 2019): 15 categories in the MVTec layout, masks for every defect.
 
-Layout and facts: DESIGN.md section 11. Grayscale categories (grid, screw, zipper) are converted
+Layout and facts: docs/design.md, "Datasets". Grayscale categories (grid, screw, zipper) are converted
 to RGB by ``bench.imageio.read_image``; masks are 0/255 PNGs (read strictly: two values only).
 A subset of the categories on disk is fine (e.g. only ``bottle/`` downloaded).
 """

@@ -1,8 +1,8 @@
 """The machinery every trained refiner decoder shares (ARD, DeSTSeg, RealNet).
 
 The decoders are compared inside one PGT protocol with the same inputs and the same synthetic
-training data, so that only the decoder differs (DESIGN.md, section 4). Everything that is not
-the decoder lives here, once:
+training data, so that only the decoder differs (docs/design.md, "Refiners and the decoder
+comparison"). Everything that is not the decoder lives here, once:
 
 - option parsing: a dataclass of options per decoder, subclassing :class:`TrainOptions`
   (unknown names are rejected with the list of known ones);

@@ -1,8 +1,8 @@
 """ARD — the Anomaly Refinement Decoder of AnoRefiner (arXiv 2511.22595), our reading of it.
 
-The official code is not released; DESIGN.md section 4 lists what the paper states and what we
-decide. The parts the paper fixes are marked *paper*; the rest is ours, each part an option of
-:class:`ARDOptions` with its default documented there.
+The official code is not released; docs/design.md ("Refiners and the decoder comparison") lists
+what the paper states and what we decide. The parts the paper fixes are marked *paper*; the rest
+is ours, each part an option of :class:`ARDOptions` with its default documented there.
 
 Architecture (``h×w`` = the coarse map's grid, ``H×W`` = the image; widths are the defaults)::
 

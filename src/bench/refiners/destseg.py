@@ -1,4 +1,4 @@
-"""DeSTSeg's segmentation network as a PGT refiner decoder (DESIGN.md section 4, decoder comparison).
+"""DeSTSeg's segmentation network as a PGT refiner decoder (docs/design.md, "Refiners and the decoder comparison").
 
 Zhang et al., "DeSTSeg: Segmentation Guided Denoising Student-Teacher for Anomaly Detection",
 CVPR 2023; official code apple/ml-destseg (``model/destseg.py``: ``SegmentationNet``,

@@ -1,4 +1,4 @@
-"""RealNet's discrimination network as a PGT refiner decoder (DESIGN.md section 4, decoder comparison).
+"""RealNet's discrimination network as a PGT refiner decoder (docs/design.md, "Refiners and the decoder comparison").
 
 Zhang et al., "RealNet: A Feature Selection Network with Realistic Synthetic Anomaly for Anomaly
 Detection", CVPR 2024; official code cnulab/RealNet. The discrimination network is the RRS

@@ -21,7 +21,7 @@ TINY = ["pgt.n_groups=2", "pgt.synth_per_group=4", "refiner_options.ard.steps=2"
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("data") / "syn", seed=0, categories=["tile"], n_test=8, size=64,
+    return generate(tmp_path_factory.mktemp("data") / "syn", seed=0, categories=["tile"], n_test=12, size=64,
                     progress=False)
 
 

@@ -72,3 +72,43 @@ def test_config_yaml_reads_back_to_the_same_config(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     assert apply_overrides(RunConfig(), load_yaml(path)).to_params() == config.to_params()
+
+
+def test_every_synthesis_option_is_a_pgt_synth_key_set_validated_and_logged(tmp_path):
+    config = apply_overrides(RunConfig(), parse_set((
+        "pgt.synth.recipes=[texture,pattern]", "pgt.synth.perlin_scale_range=1,4", "pgt.synth.threshold=0.3",
+        "pgt.synth.beta_range=[0.5,1]", "pgt.synth.min_area_fraction=0.01", "pgt.synth.max_area_fraction=0.2",
+        f"pgt.synth.texture_dir={tmp_path}", "pgt.synth.foreground=border")))
+    synth = config.pgt.synth
+    assert synth.recipes == ("texture", "pattern") and synth.perlin_scale_range == (1, 4)
+    assert synth.beta_range == (0.5, 1.0) and synth.threshold == 0.3 and synth.foreground == "border"
+    params = config.to_params()
+    assert {k for k in params if k.startswith("pgt.synth.")} == {f"pgt.synth.{f}" for f in (
+        "recipes", "perlin_scale_range", "threshold", "beta_range", "min_area_fraction", "max_area_fraction",
+        "texture_dir", "foreground")}
+    assert params["pgt.synth.recipes"] == "[texture, pattern]"
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("pgt:\n  synth:\n    recipes: [cutpaste]\n    threshold: 0.2\n")
+    config = apply_overrides(RunConfig(), load_yaml(yaml_file))
+    assert config.pgt.synth.recipes == ("cutpaste",) and config.pgt.synth.threshold == 0.2
+
+
+@pytest.mark.parametrize("item,needle", [
+    ("pgt.synth.recipes=[sparkles]", "pgt.synth.recipes"),
+    ("pgt.synth.threshold=abc", "pgt.synth.threshold"),
+    ("pgt.synth.perlin_scale_range=[1,2,3]", "pgt.synth.perlin_scale_range"),
+    ("pgt.synth.perlin_scale_range=[a,b]", "pgt.synth.perlin_scale_range"),
+    ("pgt.synth.max_area_fraction=2", "pgt.synth.min_area_fraction"),
+    ("pgt.synth.foreground=magic", "pgt.synth.foreground"),
+    ("pgt.synth.texture_dir=/no/such/dtd", "pgt.synth.texture_dir"),
+    ("pgt.synth.colour=1", "pgt.synth.colour"),
+])
+def test_bad_synthesis_options_name_the_pgt_synth_key(item, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        apply_overrides(RunConfig(), parse_set((item,))).validate()
+
+
+def test_the_old_texture_dir_key_still_works_with_one_deprecation_line(tmp_path):
+    with pytest.warns(FutureWarning, match=r"^pgt\.texture_dir is deprecated; use pgt\.synth\.texture_dir$"):
+        config = apply_overrides(RunConfig(), {"pgt.texture_dir": str(tmp_path)})
+    assert config.pgt.synth.texture_dir == str(tmp_path)

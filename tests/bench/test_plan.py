@@ -56,3 +56,17 @@ def test_the_plan_creates_and_binds_each_method_once_and_reads_refiner_classes(t
     assert plan.categories == ["fabric", "nut", "pcb", "pill", "tile", "wood"]
     assert [(t.category, t.method) for t in plan.tasks()][:2] == [("fabric", "musc"), ("nut", "musc")]
     assert not (tmp_path / "data").exists()
+
+
+def test_old_spellings_work_with_one_deprecation_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", "--out", str(tmp_path / "out"), "--refiner", "ardd"])
+    assert "Warning: --refiner is deprecated; use --refiners" in result.output  # then the name is checked
+    assert "Did you mean 'ard'" in result.output
+    result = runner.invoke(main, ["data", "synth", "--out", str(tmp_path / "syn"), "--categories", "tile",
+                                  "--n-test", "3", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "Warning: --out is deprecated; use --data-root" in result.output and (tmp_path / "syn" / "tile").is_dir()
+    result = runner.invoke(main, ["data", "synth", "--data-root", str(tmp_path / "new"), "--categories", "tile",
+                                  "--n-test", "3", "--size", "32"])
+    assert result.exit_code == 0 and "deprecated" not in result.output and (tmp_path / "new" / "tile").is_dir()

@@ -38,3 +38,29 @@ def test_resolve_all_and_lists():
         METHODS.resolve("musc,nope")
     with pytest.raises(UnknownNameError, match="no method given"):
         METHODS.resolve(",")
+
+
+def test_entry_points_of_the_group_are_loaded_and_a_broken_one_is_named(monkeypatch):
+    from importlib import metadata
+
+    loaded = []
+
+    class Point:
+        name, value, dist = "extra", "somewhere:register", None
+
+        def load(self):
+            loaded.append(self.name)
+            reg.register("from_entry_point")(lambda: "plugin")
+
+    reg = Registry("widget", "bench.refiners", group="bench.widgets")
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [Point()] if group == "bench.widgets" else [])
+    assert reg.create("from_entry_point") == "plugin" and loaded == ["extra"]
+
+    class Broken(Point):
+        def load(self):
+            raise ImportError("no module named somewhere")
+
+    broken = Registry("widget", "bench.refiners", group="bench.widgets")
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [Broken()])
+    with pytest.raises(BenchError, match="plugin entry point 'extra' .somewhere:register. in group 'bench.widgets'"):
+        broken.names()

@@ -36,6 +36,9 @@ def log_unit(store, parent, category, refiner, finished=True):
 def test_config_hash_is_the_computation_not_the_output_place():
     a = params("x")
     assert config_hash(a) == config_hash({**a, "out": "/elsewhere", "tracking_uri": "sqlite:///x.db", "resume": "False"})
+    # options that change no number: a --no-cache rerun after a crash resumes
+    assert config_hash(a) == config_hash({**a, "cache": "False", "figures": "0"})
+    assert config_hash(a) != config_hash({**a, "pgt.synth.threshold": "0.4"})
     assert config_hash(a) != config_hash({**a, "seed": "1"})
     assert config_hash(a) != config_hash(params("y"))
     assert config_hash(dict(reversed(list(a.items())))) == config_hash(a)

@@ -13,7 +13,7 @@ def bench_run(method: str, root: Path, out: Path, *options: str) -> Result:
 
     return CliRunner().invoke(main, [
         "run", "--data-root", str(root), "--out", str(out), "--methods", method, "--backbone", "ViT-B-32",
-        "--weights", "random", "--refiner", "none", "--set", "pgt.n_groups=2", "--quiet", *options])
+        "--weights", "random", "--refiners", "none", "--set", "pgt.n_groups=2", "--quiet", *options])
 
 
 def assert_runs(method: str, root: Path, out: Path, *options: str) -> None:

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 
-FAST = ["--refiner", "none", "--quiet", "--n-groups", "2", "--no-cache"]
+FAST = ["--refiners", "none", "--quiet", "--n-groups", "2", "--no-cache"]
 
 
 def invoke(args):

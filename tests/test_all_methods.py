@@ -27,12 +27,12 @@ def test_all_methods_with_ard_on_random_weights(tmp_path, monkeypatch):
     root = generate(tmp_path / "syn", seed=0, categories=["tile"], n_test=12, size=64, progress=False)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [
-        "run", "--data-root", str(root), "--out", str(out), "--methods", "all", "--refiner", "ard",
+        "run", "--data-root", str(root), "--out", str(out), "--methods", "all", "--refiners", "ard",
         "--weights", "random", "--backbone", "ViT-B-32", "--set", "pgt.n_groups=2",
         "--set", "pgt.synth_per_group=8", "--set", "refiner_options.ard.steps=3", "--quiet",
     ])
     assert result.exit_code == 0, result.output
-    assert "skipping" not in result.output  # with random weights every method of 'all' can run
+    assert "skipped" not in result.output  # with random weights every method of 'all' can run
     units = open_store(out).units()
     assert sorted(units.method.unique()) == sorted(METHODS.resolve("all"))
     assert len(METHODS.resolve("all")) >= 6  # musc, aprilgan, winclip, anomalyclip, vcpclip, adaclip

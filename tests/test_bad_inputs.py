@@ -44,7 +44,7 @@ def test_unknown_method_did_you_mean(base, tmp_path, out):
 
 
 def test_unknown_refiner_did_you_mean(base, tmp_path, out):
-    fails(["run", "--data-root", base, "--out", out, "--refiner", "gausian"],
+    fails(["run", "--data-root", base, "--out", out, "--refiners", "gausian"],
           "unknown refiner 'gausian'", "Did you mean 'gaussian'?", "Known:")
 
 
@@ -104,7 +104,7 @@ def test_unusual_but_valid_inputs_work(tmp_path, out):
     (root / "pill").rename(root / "normals")
     (root / "normals" / "ground_truth").mkdir()
 
-    result = invoke(["run", "--data-root", root, "--out", out, "--refiner", "none", "--quiet", "--n-groups", "1", "--no-cache"])
+    result = invoke(["run", "--data-root", root, "--out", out, "--refiners", "none", "--quiet", "--n-groups", "1", "--no-cache"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     run_id = result.output.split("MLflow run ", 1)[1].split()[0]
@@ -126,7 +126,7 @@ def test_unusual_but_valid_inputs_work(tmp_path, out):
 def test_too_few_images_for_musc_groups(base, tmp_path, out):
     """A trained refiner's synthetic images are scored against their group (see test_bad_options
     for `--refiner none`, which has no such need)."""
-    fails(["run", "--data-root", base, "--out", out, "--refiner", "ard", "--quiet", "--no-cache", "--n-groups", "6"],
+    fails(["run", "--data-root", base, "--out", out, "--refiners", "ard", "--quiet", "--no-cache", "--n-groups", "6"],
           "category 'tile' (12 test images)", "a PGT group has only 2 images", "musc", "needs at least",
           "lower pgt.n_groups or raise pgt.group_size")
 
@@ -167,7 +167,7 @@ def test_bad_option_values(base, tmp_path, extra, needles, out):
 
 def test_unknown_refiner_option(base, tmp_path, out):
     fails(["run", "--data-root", base, "--out", out, "--quiet", "--no-cache", "--n-groups", "2",
-           "--refiner", "ard", "--set", "refiner_options.ard.stepz=3"],
+           "--refiners", "ard", "--set", "refiner_options.ard.stepz=3"],
           "refiner 'ard'", "unknown ARD option(s) ['stepz']", "known:", "steps")
 
 

@@ -45,14 +45,14 @@ def test_yaml_that_is_not_utf8(base, out, tmp_path):
 def test_refiner_option_of_the_wrong_type_names_it(base, out, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("refiner_options:\n  ard: {steps: many}\n")
-    fails(["run", "--config", config, "--data-root", base, "--out", out, "--refiner", "ard", "--quiet", "--no-cache",
+    fails(["run", "--config", config, "--data-root", base, "--out", out, "--refiners", "ard", "--quiet", "--no-cache",
            "--n-groups", "2", "--methods", "musc"], "refiner 'ard'", "invalid steps='many'", "expected int")
 
 
 def test_refiner_none_alone_needs_no_training_group_size(base, out):
     """Groups of 2 images are too small to train a refiner on MuSc's maps (see test_bad_inputs),
     but `--refiner none` trains nothing: it runs, and its maps are the coarse ones."""
-    result = succeeds(["run", "--data-root", base, "--out", out, "--refiner", "none", "--quiet", "--no-cache",
+    result = succeeds(["run", "--data-root", base, "--out", out, "--refiners", "none", "--quiet", "--no-cache",
                        "--n-groups", "6", "--methods", "musc"])
     units = open_store(out).units(run_id(result))
     assert list(units.refiner) == ["none"] and 0.5 < units.pixel_auroc.iloc[0] <= 1

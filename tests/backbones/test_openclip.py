@@ -271,7 +271,7 @@ def test_bench_run_musc_on_vit_b_32_random_end_to_end(tmp_path):
     root = generate(tmp_path / "syn", seed=2, categories=["tile"], n_test=12, size=64, progress=False)
     out = tmp_path / "out"
     args = ["run", "--data-root", str(root), "--out", str(out), "--methods", "musc", "--backbone", "ViT-B-32",
-            "--weights", "random", "--refiner", "none", "--set", "pgt.n_groups=2", "--quiet"]
+            "--weights", "random", "--refiners", "none", "--set", "pgt.n_groups=2", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     units = open_store(out).units()

@@ -19,7 +19,7 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    args = ["run", "--data-root", str(tiny_root), "--out", str(out), "--refiner", "ard,gaussian", "--n-groups", "2",
+    args = ["run", "--data-root", str(tiny_root), "--out", str(out), "--refiners", "ard,gaussian", "--n-groups", "2",
             "--seed", "3", "--quiet", "--set", "pgt.synth_per_group=4", "--set", "refiner_options.ard.steps=2"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -120,7 +120,7 @@ def test_a_folder_without_masks_runs_end_to_end_with_image_metric_tables(tiny_ro
 
     root = tmp_path / "textile"
     shutil.copytree(tiny_root / "tile", root / "tile", ignore=shutil.ignore_patterns("ground_truth"))
-    args = ["run", "--data-root", str(root), "--out", str(tmp_path / "out"), "--methods", "musc", "--refiner", "gaussian",
+    args = ["run", "--data-root", str(root), "--out", str(tmp_path / "out"), "--methods", "musc", "--refiners", "gaussian",
             "--n-groups", "2", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -131,7 +131,7 @@ def test_a_folder_without_masks_runs_end_to_end_with_image_metric_tables(tiny_ro
 
 @pytest.mark.parametrize("args,needle", [
     (["run", "--methods", "muscc"], "Did you mean 'musc'"),
-    (["run", "--refiner", "ardd"], "Did you mean 'ard'"),
+    (["run", "--refiners", "ardd"], "Did you mean 'ard'"),
     (["run", "--data-root", "/nonexistent/tree"], "/nonexistent/tree"),
     (["run", "--contamination", "0,2"], "pgt.contamination"),
     (["run", "--set", "pgt.n_groups=0"], "pgt.n_groups"),

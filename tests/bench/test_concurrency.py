@@ -49,7 +49,7 @@ def test_two_runs_write_one_store_at_the_same_time(tmp_path):
     different seeds; both finish with their parent and every unit intact."""
     root = generate(tmp_path / "syn", seed=4, categories=["tile", "pill"], n_test=12, size=64, progress=False)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "bench", "run", "--data-root", str(root), "--out", str(out), "--refiner", "gaussian",
+    command = [sys.executable, "-m", "bench", "run", "--data-root", str(root), "--out", str(out), "--refiners", "gaussian",
                "--n-groups", "2", "--quiet"]
     processes = [subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for seed in (1, 2)]

@@ -102,7 +102,7 @@ def test_ray_yields_results_and_reraises_a_task_error_as_itself():
     assert set(results) <= {(0.0, 0.5), (0.2,)}  # whatever finished before the error, unchanged
     assert not ray.is_initialized()
 
-TINY = ["--methods", "musc", "--refiner", "ard", "--n-groups", "2", "--contamination", "0,0.25", "--seed", "3",
+TINY = ["--methods", "musc", "--refiners", "ard", "--n-groups", "2", "--contamination", "0,0.25", "--seed", "3",
         "--quiet", "--set", "figures=0", "--set", "pgt.synth_per_group=4", "--set", "refiner_options.ard.steps=3",
         "--set", "refiner_options.ard.stem_channels=32", "--set", "refiner_options.ard.ar_channels=[16,8]",
         "--set", "refiner_options.ard.encoder_channels=[8,8,16]", "--set", "refiner_options.ard.stem_anomaly_channels=8"]

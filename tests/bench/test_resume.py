@@ -89,7 +89,7 @@ def test_a_run_whose_process_is_alive_is_not_resumed(store, capsys):
 
 # ----------------------------------------------------------------------------- a real kill -9
 
-ARGS = ["--refiner", "gaussian", "--n-groups", "2", "--seed", "5", "--quiet"]
+ARGS = ["--refiners", "gaussian", "--n-groups", "2", "--seed", "5", "--quiet"]
 COMPARED = ("image_", "pixel_", "n_parameters", "n_true_anomalies")
 
 

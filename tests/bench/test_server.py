@@ -65,7 +65,7 @@ def test_a_run_logs_through_the_server_which_stops_with_its_group(tmp_path):
         assert uri == f"http://127.0.0.1:{port}"
 
         args = ["run", "--data-root", str(root), "--out", str(tmp_path / "client"), "--tracking-uri", uri,
-                "--methods", "musc", "--refiner", "gaussian", "--n-groups", "2", "--quiet"]
+                "--methods", "musc", "--refiners", "gaussian", "--n-groups", "2", "--quiet"]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, result.output
 

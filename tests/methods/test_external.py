@@ -125,7 +125,7 @@ def test_bench_run_with_external_maps_matches_bench_eval(tree_and_maps, tmp_path
     from bench.tracking import open_store
 
     root, maps_dir = tree_and_maps
-    args = ["run", "--data-root", str(root), "--out", str(tmp_path), "--methods", "external", "--refiner", "none,gaussian",
+    args = ["run", "--data-root", str(root), "--out", str(tmp_path), "--methods", "external", "--refiners", "none,gaussian",
             "--set", f"method_options.external.maps_dir={maps_dir}", "--n-groups", "2", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -141,7 +141,7 @@ def test_trainable_refiners_are_refused_before_any_work(tree_and_maps, tmp_path)
     from bench.cli import main
 
     root, maps_dir = tree_and_maps
-    args = ["run", "--data-root", str(root), "--out", str(tmp_path), "--methods", "external", "--refiner", "ard",
+    args = ["run", "--data-root", str(root), "--out", str(tmp_path), "--methods", "external", "--refiners", "ard",
             "--set", f"method_options.external.maps_dir={maps_dir}", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0 and "Traceback" not in result.output

@@ -1,4 +1,5 @@
-"""The embedded synthetic dataset: deterministic, valid layout, masks that match the defects."""
+"""bench/embedded (the default dataset's generator) and the synthetic loader on its trees: deterministic,
+valid layout, masks that match the defects."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from scipy.ndimage import binary_dilation
 
 from bench.data import check_dataset, open_dataset
 from bench.datasets import synthetic
-from bench.datasets.synthetic import CATEGORIES, DEFECTS, OBJECTS, TEXTURES, generate, render_sample
+from bench.embedded import CATEGORIES, DEFECTS, OBJECTS, TEXTURES, generate, render_sample
 from bench.errors import ConfigError, DatasetError
 from bench.registry import DATASETS
 

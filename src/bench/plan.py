@@ -116,8 +116,9 @@ class RunPlan:
 
 
 def bind_methods(names: list[str], config: RunConfig, backbones: Backbones, skip_unusable: bool,
-                 refiner_classes: dict[str, type[Refiner]] | None = None) -> tuple[dict[str, BoundMethod], dict[str, str]]:
+                 refiners: dict[str, type[Refiner]] | None = None) -> tuple[dict[str, BoundMethod], dict[str, str]]:
     """Create and bind each method once: the bound methods, and those skipped (name → why).
+    ``refiners``: the run's refiner classes, checked against each method (``check_refiners_fit``).
 
     ``skip_unusable`` (``--methods all``): a method that cannot get its default weights or its
     checkpoint, or cannot use the backbone, is skipped (e.g. the CLIP methods on the embedded
@@ -129,7 +130,7 @@ def bind_methods(names: list[str], config: RunConfig, backbones: Backbones, skip
     skipped: dict[str, str] = {}
     for name in names:
         method = METHODS.create(name, **config.method_options.get(name, {}))
-        check_refiners_fit(method, refiner_classes or {})
+        check_refiners_fit(method, refiners or {})
         backbone = None
         try:
             backbone = backbones.for_method(method)

@@ -70,3 +70,10 @@ def test_old_spellings_work_with_one_deprecation_line(tmp_path):
     result = runner.invoke(main, ["data", "synth", "--data-root", str(tmp_path / "new"), "--categories", "tile",
                                   "--n-test", "3", "--size", "32"])
     assert result.exit_code == 0 and "deprecated" not in result.output and (tmp_path / "new" / "tile").is_dir()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_takes_cuda_n_as_the_config_does(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "out"), "--device", "cuda:1"])
+    assert result.exit_code == 1 and "invalid choice" not in result.output
+    assert "Error: invalid device='cuda:1': CUDA is not available" in result.output

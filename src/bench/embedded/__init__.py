@@ -27,7 +27,7 @@ tint of a region), contamination (a cluster of small foreign particles). A defec
 noise are applied afterwards, identically to the clean image).
 
 This generator is deliberately independent of PGT's training-time anomaly synthesis
-(``bench/synth.py``: Perlin-shaped masks, textures, cut-paste): only geometric primitives,
+(``bench/synth``: Perlin-shaped masks, textures, cut-paste): only geometric primitives,
 polylines and harmonic blobs are used here, so no refiner can score well by learning this recipe.
 
 Every image's pixels depend only on (seed, category, split, index, size): generating a subset of

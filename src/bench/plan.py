@@ -10,6 +10,7 @@ a dataset is written, a feature computed or an MLflow run created (docs/design.m
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def refiner_classes(names: list[str]) -> dict[str, type[Refiner]]:
     return classes
 
 
-def build_refiners(names, backbone: Backbone, config: RunConfig) -> dict[str, Refiner]:
+def build_refiners(names: Sequence[str], backbone: Backbone, config: RunConfig) -> dict[str, Refiner]:
     """Fresh refiners for one block (state starts empty, then carries over between its groups)."""
     return {
         name: REFINERS.create(name, channels=backbone.channels, image_size=backbone.input_size, seed=config.seed,

@@ -16,8 +16,9 @@ from __future__ import annotations
 from bench.catalog import MethodCard, method_catalog
 from bench.config import RunConfig, apply_overrides, parse_set
 from bench.plan import RunPlan, SkippedMethodWarning, Task, build_plan
+from bench.render import render
 from bench.runner import Runner, RunSummary, run
-from bench.tables import main_table, render
+from bench.tables import main_table
 from bench.tracking import open_store
 
 __all__ = ["MethodCard", "RunConfig", "RunPlan", "RunSummary", "Runner", "SkippedMethodWarning", "Task",

@@ -38,7 +38,7 @@ def test_the_readme_shows_each_example_file_as_it_is(name):
 def test_the_python_api_example_runs_a_config_and_prints_its_table(tiny_root, tmp_path):
     done = python(str(EXAMPLES / "python_api.py"), f"data_root={tiny_root}", f"out={tmp_path}", *TINY)
     assert done.returncode == 0, done.stderr
-    assert "| pixel_ap_g2k (%)" in done.stdout and "musc Δard" in done.stdout
+    assert "pixel AP (groups 2..k) (%)" in done.stdout and "musc Δard" in done.stdout
     assert set(open_store(tmp_path).units().refiner) == {"none", "ard"}
 
 

@@ -4,10 +4,10 @@ import os
 import shutil
 
 import numpy as np
-from hostile import fails, run_args, run_id, succeeds
 from PIL import Image
 
 from bench.tracking import open_store
+from hostile import fails, run_args, run_id, succeeds
 
 METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro"]
 

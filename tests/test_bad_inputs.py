@@ -11,11 +11,11 @@ import sys
 
 import numpy as np
 import pytest
-from hostile import eval_args, fails, invoke, run_args
 from PIL import Image
 
 from bench.datasets.synthetic import generate
 from bench.tracking import open_store
+from hostile import eval_args, fails, invoke, run_args
 
 # ----------------------------------------------------------------------------- dataset trees
 

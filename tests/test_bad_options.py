@@ -1,10 +1,10 @@
 """Issue 17, options and config files: every number is validated as its type and range before any
 work (never truncated), and each bad value is one ``Error:`` line that names the option."""
 import pytest
-from hostile import fails, invoke, run_args, run_id, succeeds
 
 from bench.config import RunConfig, apply_overrides, parse_set
 from bench.tracking import open_store
+from hostile import fails, invoke, run_args, run_id, succeeds
 
 
 @pytest.mark.parametrize("extra,needles", [

@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 import torch
-from hostile import fails, invoke, run_args, run_id, succeeds
 from mlflow.exceptions import MlflowException
-from processes import free_port
 
 from bench.tracking import open_store
+from hostile import fails, invoke, run_args, run_id, succeeds
+from processes import free_port
 
 MUSC = ["--methods", "musc"]
 METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro"]

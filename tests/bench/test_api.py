@@ -7,7 +7,7 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from bench.backbones import openclip
+from bench.backbones import _clip_weights
 from bench.catalog import method_catalog
 from bench.cli import main
 from bench.config import RunConfig
@@ -17,7 +17,7 @@ from bench.plan import Backbones, SkippedMethodWarning, bind_methods
 
 @pytest.fixture
 def offline(monkeypatch):
-    monkeypatch.setattr(openclip, "network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(_clip_weights, "network_reachable", lambda *a, **k: False)
 
 
 def usable_methods(config: RunConfig, names: list[str], skip_unusable: bool):

@@ -10,10 +10,10 @@ import time
 import urllib.request
 
 from click.testing import CliRunner
-from processes import free_port, left_behind
 
 from bench.cli import main
 from bench.tracking import open_store
+from processes import free_port, left_behind
 
 STARTED = re.compile(r"MLflow UI at (http://\S+)/#/experiments/(\d+) \(pid (\d+),")
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from bench.errors import ConfigError
-from bench.refiners.guided import LUMA, box_mean, guided_filter, make_guide
 from bench.ops import upsample
+from bench.refiners.guided import LUMA, box_mean, guided_filter, make_guide
 from bench.registry import REFINERS
 from refiner_inputs import images_and_coarse as inputs
 

@@ -11,9 +11,7 @@ import bench
 
 ROOT = Path(bench.__file__).parent
 PLUGINS = ("bench.methods", "bench.refiners", "bench.datasets")
-# Temporary: the CLIP extras are being moved into the methods (issue 12, track "methods"); the lead
-# removes this allowance when that branch is merged.
-ALLOWED = (ROOT / "backbones" / "clip_extras",)
+ALLOWED: tuple[Path, ...] = ()  # folders of the core allowed to import a plugin: none
 
 
 def core_modules() -> list[Path]:

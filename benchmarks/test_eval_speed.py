@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+
 def _make_maps():
     """The metrics benchmark's map generator (benchmarks are imported by path, not as a package)."""
     path = Path(__file__).with_name("test_metrics_speed.py")

@@ -182,8 +182,8 @@ def check_run(args) -> dict[str, object]:
                         n_train=0, size=64, progress=False)
         command = [sys.executable, "-m", "bench", "run", "--data-root", str(root), "--out", f"{tmp}/out",
                    "--device", args.device, "--set", "pgt.n_groups=2", "--set", "pgt.synth_per_group=8", "--quiet"]
-        command += (["--methods", "musc", "--refiner", "ard", "--weights", "random", "--backbone", "ViT-B-32",
-                     "--set", "refiner_options.ard.steps=2"] if args.tiny else ["--methods", "musc", "--refiner", "all"])
+        command += (["--methods", "musc", "--refiners", "ard", "--weights", "random", "--backbone", "ViT-B-32",
+                     "--set", "refiner_options.ard.steps=2"] if args.tiny else ["--methods", "musc", "--refiners", "all"])
         start = time.perf_counter()
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=args.run_timeout)
         result = {"command": " ".join(command[1:]), "seconds": time.perf_counter() - start, "returncode": done.returncode}

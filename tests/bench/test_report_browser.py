@@ -22,7 +22,7 @@ def report(tmp_path_factory):
     root = generate(folder / "syn", seed=1, categories=CATEGORIES, n_test=12, size=64, progress=False)
     runner = CliRunner()
     args = ["run", "--data-root", str(root), "--out", str(folder / "out"), "--methods", "musc",
-            "--refiner", "ard,gaussian", "--n-groups", "2", "--contamination", "0,0.5", "--seed", "3", "--quiet",
+            "--refiners", "ard,gaussian", "--n-groups", "2", "--contamination", "0,0.5", "--seed", "3", "--quiet",
             "--set", "figures=2",
             "--set", "pgt.synth_per_group=4", "--set", "refiner_options.ard.steps=2"]
     result = runner.invoke(main, args)

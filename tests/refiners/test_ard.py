@@ -99,3 +99,66 @@ def test_it_learns_to_combine_the_map_and_the_image():
     # measured here: refined 0.979, upsampled coarse 0.957, refined without the map 0.466
     assert aps[True] > coarse_ap, (aps, coarse_ap)
     assert aps[True] > aps[False] + 0.2, aps
+
+
+# ---- output modes (issue 15): how the refined map relates to the coarse map -------------------
+
+
+@pytest.mark.parametrize("name", ["ard_residual", "ard_gated", "ard_confidence"])
+def test_variants_are_registered_presets_outside_all(name):
+    from bench.registry import REFINERS
+
+    layers, _, size = CNN_LIKE
+    assert make_refiner(name, layers, size).opts.output == name.removeprefix("ard_")
+    assert name not in REFINERS.resolve("all") and make_ard(layers, size).opts.output == "replace"
+
+
+def test_unknown_output_is_rejected():
+    layers, _, size = CNN_LIKE
+    with pytest.raises(ValueError, match="output must be one of"):
+        make_ard(layers, size, output="blend")
+
+
+def test_residual_equals_none_before_training():
+    layers, grid, size = CNN_LIKE
+    batch = make_batch(3, size, layers, grid)
+    ard = make_ard(layers, size, output="residual")
+    none = make_refiner("none", layers, size)
+    expected = none.refine(batch.images, batch.features, batch.coarse)
+    torch.testing.assert_close(ard.refine(batch.images, batch.features, batch.coarse), expected, atol=1e-6, rtol=0)
+    replace = make_ard(layers, size)  # today's default starts from an unrelated map
+    assert (replace.refine(batch.images, batch.features, batch.coarse) - expected).abs().max() > 0.05
+
+
+def test_residual_learns_corrections_around_the_coarse_map():
+    layers, grid, size = CNN_LIKE
+    batch = make_batch(4, size, layers, grid)
+    ard = make_ard(layers, size, output="residual", steps=3, batch_size=4, **SMALL["ard"])
+    before = ard.refine(batch.images, batch.features, batch.coarse)
+    ard.fit(batch)
+    after = ard.refine(batch.images, batch.features, batch.coarse)
+    assert (after - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("output", ["gated", "confidence"])
+def test_gated_outputs_blend_refined_and_coarse(output):
+    layers, grid, size = CNN_LIKE
+    batch = make_batch(2, size, layers, grid)
+    ard = make_ard(layers, size, output=output, **SMALL["ard"])
+    r = torch.tensor([[[[3.0, -3.0, 0.0]]]])
+    coarse = torch.tensor([[[0.2, 0.7, 0.4]]])
+    raw = torch.cat([r, torch.zeros_like(r)], 1) if output == "gated" else r  # gated: gate logit 0 → ½
+    p = torch.sigmoid(ard.output_logits(raw, coarse))[0, 0, 0]
+    s = torch.sigmoid(r)[0, 0, 0]
+    gate = torch.full_like(s, 0.5) if output == "gated" else (2 * s - 1).abs()
+    torch.testing.assert_close(p, gate * s + (1 - gate) * coarse[0, 0], atol=1e-5, rtol=0)
+    assert ard.net.head.out_channels == (2 if output == "gated" else 1)
+    out = ard.refine(batch.images, batch.features, batch.coarse)
+    assert out.shape == (2, size, size) and torch.all((out >= 0) & (out <= 1))
+
+
+def test_output_modes_ignore_the_coarse_map_when_it_is_ablated():
+    layers, _, size = CNN_LIKE
+    ard = make_ard(layers, size, output="residual", use_anomaly_map=False, **SMALL["ard"])
+    logits = ard.output_logits(torch.zeros(1, 1, 2, 2), torch.tensor([[[0.9, 0.1], [0.3, 0.5]]]))
+    assert torch.equal(logits, torch.zeros(1, 1, 2, 2))  # the prior is ½ everywhere: logit 0

@@ -21,7 +21,10 @@ comparison"). Everything that is not the decoder lives here, once:
 
 A decoder subclasses :class:`TrainableRefiner` and supplies ``options_class``, ``build`` (the
 ``nn.Module``), ``forward(images, features, coarse_normalised) -> logits (B,1,H,W)`` and
-``loss(logits, masks)``. Modules whose name starts with ``_`` are not registered as refiners.
+``loss(logits, masks)``; it may override ``output_logits`` to combine its output with the coarse
+map (ARD's ``output`` option). Option ``validation_fraction`` turns on PGT self-validation for
+every decoder alike (``bench/refiners/_validation.py``). Modules whose name starts with ``_`` are
+not registered as refiners.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from torch import nn
 from bench.config import typed_options
 from bench.interfaces import Refiner
 from bench.records import FeatureSet, RefineBatch
+from bench.refiners._validation import validated_fit
 
 COARSE_NORMS = ("robust", "batch", "minmax", "none")
 NORMS = ("group", "batch", "none")
@@ -72,6 +76,14 @@ class TrainOptions:
             autocast; weights, optimiser and loss stay fp32. For GPUs and CPUs with native bf16
             (AVX-512 BF16, AMX); without it bf16 is emulated and many times slower.
         channels_last: False — True puts the network and its inputs in NHWC memory layout.
+
+    Protocol
+        validation_fraction: 0.0 (off) — PGT self-validation: this fraction of a group's synthetic
+            anomalous images is held out of training, and the fit's update is kept only if the
+            refined maps beat the coarse maps (pixel AP) on them; otherwise the state before the
+            fit comes back. Until an update is kept (before any fit too), ``refine`` returns the
+            coarse map (bilinearly upsampled, as ``none``). Why: a decoder that learns to suppress
+            defects on a group should not ship that update. See ``bench/refiners/_validation.py``.
     """
 
     use_anomaly_map: bool = True
@@ -85,6 +97,7 @@ class TrainOptions:
     refine_batch_size: int = 16
     precision: str = "fp32"
     channels_last: bool = False
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -95,6 +108,8 @@ class TrainOptions:
             raise ValueError(f"norm_quantile must lie in (0.5, 1), got {self.norm_quantile}")
         if self.steps < 0 or self.batch_size < 1 or self.refine_batch_size < 1:
             raise ValueError("steps must be >= 0, batch_size and refine_batch_size >= 1")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,6 +227,8 @@ class TrainableRefiner(Refiner):
         self._loc_sum = 0.0
         self._scale_sum = 0.0
         self._fits = 0  # fits that contributed to the stored normalisation
+        self.use_coarse = self.opts.validation_fraction > 0  # self-validation kept no update yet: refine gives the coarse map
+        self.validations: list[dict[str, float]] = []  # one entry per validated fit (_validation.py)
 
     # ---- what a decoder supplies ------------------------------------------------------------
 
@@ -226,6 +243,13 @@ class TrainableRefiner(Refiner):
     @abstractmethod
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Scalar training loss of ``(B,1,H,W)`` logits against ``(B,1,H,W)`` masks in {0, 1}."""
+
+    def output_logits(self, output: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """The decoder's ``forward`` output and the ``(B,h,w)`` coarse map as given → logits ``(B,1,H,W)``.
+
+        The identity by default (the decoder's map replaces the coarse one).
+        """
+        return output
 
     # ---- speed ------------------------------------------------------------------------------
 
@@ -313,12 +337,18 @@ class TrainableRefiner(Refiner):
         return torch.tensor(idx)
 
     def fit(self, batch: RefineBatch) -> list[float]:
+        if self.opts.validation_fraction > 0:
+            return validated_fit(self, batch)
+        return self.fit_steps(batch)
+
+    def fit_steps(self, batch: RefineBatch) -> list[float]:
+        """``steps`` optimiser steps on ``batch`` (one PGT group), without self-validation."""
         n = batch.images.shape[0]
         if n == 0 or self.opts.steps == 0:
             return []
         if batch.masks.shape[-2:] != batch.images.shape[-2:]:
             raise ValueError(f"masks {tuple(batch.masks.shape)} do not match images {tuple(batch.images.shape)}")
-        coarse = batch.coarse.detach()
+        coarse = batch.coarse.detach().to(self.device)
         stats = None
         if self.opts.coarse_norm in ("robust", "batch"):
             stats = self._robust_stats(coarse)
@@ -337,7 +367,7 @@ class TrainableRefiner(Refiner):
         losses = []
         for _ in range(self.opts.steps):
             idx = self._next_batch(n).to(self.device)
-            logits = self._forward(images[idx], fused[idx], anomaly[idx])
+            logits = self.output_logits(self._forward(images[idx], fused[idx], anomaly[idx]), coarse[idx])
             loss = self.loss(logits, masks[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -351,17 +381,19 @@ class TrainableRefiner(Refiner):
     @torch.no_grad()
     def refine(self, images: torch.Tensor, features: FeatureSet, coarse: torch.Tensor) -> torch.Tensor:
         self.net.eval()
+        if self.use_coarse:
+            return resize(coarse[:, None].float(), tuple(images.shape[-2:]))[:, 0]
         stats = self._stats_for_refine(coarse)
         out = []
         bs = self.opts.refine_batch_size
         for start in range(0, images.shape[0], bs):
             sl = slice(start, start + bs)
             c = coarse[sl]
-            logits = self._forward(
+            logits = self.output_logits(self._forward(
                 images[sl].to(self.device, torch.float32),
                 self.fuse_features(features.select(sl), tuple(c.shape[-2:])),
                 self.normalise(c, stats),
-            )
+            ), c.to(self.device))
             out.append(torch.sigmoid(logits[:, 0]).to(images.device))
         if not out:
             return torch.zeros((0, *images.shape[-2:]), device=images.device)

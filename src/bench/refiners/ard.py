@@ -25,7 +25,15 @@ Architecture (``h×w`` = the coarse map's grid, ``H×W`` = the image; widths are
                                                      background can be suppressed to 0)
               f  = f + GN(1×1(ReLU(GN(dw3×3 f))))    feature refinement (depthwise-separable)
               s  = s + 1×1 conv [f, s] → 8           scores perceive features
-    head:     logits = 1×1 conv [f, s] → 1, bilinear → (H,W); ``refine`` returns σ(logits).
+    head:     r = 1×1 conv [f, s] → 1, bilinear → (H,W); ``refine`` returns σ(logits), where
+              logits = r by default (option ``output``: the refined map replaces the coarse
+              one) or r combined with the coarse map C (as given, bilinear → (H,W)):
+              "residual"   logits = logit(C) + r, head zero-initialised: at initialisation
+                           ARD returns C, i.e. ``none``, and learns corrections around it;
+              "gated"      p = g·σ(r) + (1 − g)·C with a learned per-pixel gate g = σ(second
+                           head channel, zero-initialised: g = ½ at first), logits = logit(p);
+              "confidence" the same with the fixed rule g = |2σ(r) − 1|: the refined map where
+                           it is confident, the coarse map where it hesitates.
 
 (CGR = conv, GroupNorm, ReLU.) Any grid/image ratio works (ViT 37 at 518 px, CNN 16 at 256 px):
 every skip and every anomaly map is resized to the size it is fused at.
@@ -61,8 +69,11 @@ from bench.refiners._trainable import (
 
 __all__ = [
     "ARDOptions", "ARDNet", "ARDRefiner", "make_ard", "focal_loss_from_logits", "dice_loss_from_logits", "COARSE_NORMS",
-    "NORMS",
+    "NORMS", "OUTPUTS",
 ]
+
+OUTPUTS = ("replace", "residual", "gated", "confidence")
+EPS = 1e-6  # the coarse map is clamped to [EPS, 1 − EPS] before its logit is taken
 
 
 @dataclass
@@ -87,6 +98,17 @@ class ARDOptions(TrainOptions):
     0.0, ``refine_batch_size`` 16): shared by every trained decoder, see
     :class:`bench.refiners._trainable.TrainOptions`.
 
+    Output (how the refined map relates to the coarse map; issue 15)
+        output: "replace" — the decoder's map replaces the coarse map (the paper's reading).
+            "residual": logits = logit(coarse) + the decoder's output, whose last layer is
+            zero-initialised, so that ARD starts as ``none`` and learns corrections: where it
+            learns nothing the coarse evidence stays instead of being pushed to ~0.
+            "gated": a learned per-pixel gate blends σ(decoder) and the coarse map (the gate
+            starts at ½); "confidence": the fixed rule gate = |2σ(decoder) − 1| (trust the
+            decoder where it is confident). The coarse map is taken as ``refine`` receives it,
+            which PGT scales to [0, 1] per category (``bench.protocol.coarse_scaler``), clamped
+            to [1e-6, 1 − 1e-6]; with ``use_anomaly_map=False`` it is ½ everywhere (no map).
+
     Loss
         focal_gamma: 2.0 — focal-loss focusing parameter.
         focal_alpha: None — focal-loss weight of the positive class (None: unweighted).
@@ -106,8 +128,11 @@ class ARDOptions(TrainOptions):
     focal_alpha: float | None = None
     focal_weight: float = 1.0
     dice_weight: float = 1.0
+    output: str = "replace"
 
     def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         self.ar_channels = tuple(int(c) for c in self.ar_channels)  # type: ignore[assignment]
         self.encoder_channels = tuple(int(c) for c in self.encoder_channels)  # type: ignore[assignment]
         if len(self.ar_channels) != 2:
@@ -190,7 +215,12 @@ class ARDNet(nn.Module):
         self.ar1 = ARBlock(c0, c1, e3, opts.attention_channels, n)
         self.ar2 = ARBlock(c1, c2, e2, opts.attention_channels, n)
         self.bi = BIBlock(c2, opts.bi_score_channels, n)
-        self.head = nn.Conv2d(c2 + opts.bi_score_channels, 1, 1)
+        self.head = nn.Conv2d(c2 + opts.bi_score_channels, 2 if opts.output == "gated" else 1, 1)
+        zeroed = {"residual": slice(0, 1), "gated": slice(1, 2)}.get(opts.output)
+        if zeroed is not None:  # identity at initialisation (residual), gate ½ (gated)
+            with torch.no_grad():
+                self.head.weight[zeroed] = 0
+                self.head.bias[zeroed] = 0
 
     def forward(self, images: torch.Tensor, fused: torch.Tensor, anomaly: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -223,6 +253,21 @@ class ARDRefiner(TrainableRefiner):
     def forward(self, images: torch.Tensor, features: torch.Tensor, coarse_normalised: torch.Tensor) -> torch.Tensor:
         return self.net(images, features, coarse_normalised)
 
+    def output_logits(self, output: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Combine the decoder's output with the coarse map, as option ``output`` says."""
+        mode = self.opts.output
+        if mode == "replace":
+            return output
+        if self.opts.use_anomaly_map:
+            prior = resize(coarse[:, None].float(), tuple(output.shape[-2:])).clamp(EPS, 1 - EPS)
+        else:
+            prior = torch.full_like(output[:, :1], 0.5)
+        if mode == "residual":
+            return torch.logit(prior) + output
+        refined = torch.sigmoid(output[:, :1])
+        gate = torch.sigmoid(output[:, 1:2]) if mode == "gated" else (2 * refined - 1).abs()
+        return torch.logit((gate * refined + (1 - gate) * prior).clamp(EPS, 1 - EPS))
+
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         o = self.opts
         focal = focal_loss_from_logits(logits, masks, o.focal_gamma, o.focal_alpha)
@@ -233,3 +278,17 @@ class ARDRefiner(TrainableRefiner):
 def make_ard(channels: dict[str, int], image_size: int, seed: int = 0, device: str = "cpu", **options: object) -> ARDRefiner:
     """ARD refiner; options: see :class:`ARDOptions`."""
     return ARDRefiner(channels, image_size, seed=seed, device=device, **options)
+
+
+def _register_variant(output: str) -> None:
+    """``ard_<output>``: ARD with that ``output`` preset, so that variants run side by side in one
+    PGT run (same groups, same synthetic training data); not part of ``--refiners all``."""
+
+    def make(channels: dict[str, int], image_size: int, seed: int = 0, device: str = "cpu", **options: object) -> ARDRefiner:
+        return ARDRefiner(channels, image_size, seed=seed, device=device, **{"output": output, **options})
+
+    REFINERS.register(f"ard_{output}", f"ARD with output={output!r} (an ablation of issue 15; see ARDOptions)", in_all=False)(make)
+
+
+for _output in OUTPUTS[1:]:
+    _register_variant(_output)

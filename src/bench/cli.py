@@ -133,6 +133,26 @@ def data_synth(root: Path | None, old_root: Path | None, seed: int, n_test: int,
     click.echo(f"wrote {path}")
 
 
+@data.command("photos")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Folder to write the MVTec-layout tree into.")
+@click.option("--seed", default=0, show_default=True, help="Generator seed.")
+@click.option("--n-test", default=60, show_default=True, help="Test images per category (about a third anomalous).")
+@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option("--categories", default=None, help="Comma list of categories to write (default: all).")
+@friendly
+def data_photos(root: Path, seed: int, n_test: int, size: int, categories: str | None) -> None:
+    """Write the real-photograph set: crops of scikit-image's sample photographs with made defects.
+
+    \b
+    Needs scikit-image (pip install 'anorefiner-bench[photos]'). Example:
+      bench data photos --root /tmp/photos && bench run --data-root /tmp/photos
+    """
+    from bench.photos import generate
+
+    cats = [c.strip() for c in categories.split(",")] if categories else None
+    click.echo(f"wrote {generate(root, seed=seed, categories=cats, n_test=n_test, size=size)}")
+
+
 @data.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="Layout: mvtec, visa, folder or synthetic (default: detected).")

@@ -7,6 +7,7 @@ highest, or uses the one named; ``select_categories`` turns a ``--categories`` s
 from __future__ import annotations
 
 import difflib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +28,15 @@ LAYOUTS_LOOKED_FOR = (
 def detect_scores(root: Path) -> dict[str, int]:
     """Each registered dataset's ``detect`` score for ``root``."""
     return {name: int(DATASETS.entry(name).factory.detect(Path(root))) for name in DATASETS.names()}
+
+
+def read_json_marker(root: Path, filename: str, generator: str) -> dict | None:
+    """The JSON marker ``<root>/<filename>`` written by ``generator`` (its field "generator"), or None."""
+    try:
+        info = json.loads((Path(root) / filename).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("generator") == generator else None
 
 
 def open_dataset(root: Path, name: str | None = None) -> Dataset:

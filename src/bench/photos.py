@@ -44,6 +44,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from tqdm.auto import tqdm
 
+from bench.data import read_json_marker
 from bench.errors import ConfigError, DatasetError
 
 GENERATOR = "bench.photos"
@@ -176,11 +177,7 @@ def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generato
 
 def read_marker(root: Path) -> dict | None:
     """The ``photos.json`` of a tree written by ``generate``, or None."""
-    try:
-        info = json.loads((Path(root) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("generator") == GENERATOR else None
+    return read_json_marker(root, MARKER, GENERATOR)
 
 
 README = """Real photographs with generated defects, written by {generator} version {version} (seed {seed},

@@ -5,8 +5,6 @@ The generator itself is core code (``bench.embedded``); its names are re-exporte
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from bench.embedded import (  # noqa: F401  (re-exported)
     CATEGORIES,
     DEFECTS,
@@ -22,23 +20,12 @@ from bench.embedded import (  # noqa: F401  (re-exported)
 )
 from bench.registry import DATASETS
 
-from .folder import FolderDataset
-
-DETECT_SCORE = 1000
+from ._generated import GeneratedDataset
 
 
 @DATASETS.register("synthetic", "embedded procedural dataset (6 categories), made by bench.embedded.generate")
-class SyntheticDataset(FolderDataset):
-    """The folder loader on a tree written by ``generate`` (masks for every anomalous image)."""
+class SyntheticDataset(GeneratedDataset):
+    """The folder loader on a tree written by ``generate``, recognised by its ``synthetic.json``."""
 
     name = "synthetic"
-    masks_required = True
-
-    @classmethod
-    def detect(cls, root: Path) -> int:
-        """Highest of all loaders when ``<root>/synthetic.json`` was written by ``generate``."""
-        return DETECT_SCORE if read_marker(Path(root)) is not None else 0
-
-    @property
-    def info(self) -> dict:
-        return read_marker(self.root) or {}
+    marker = staticmethod(read_marker)

@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from bench.data import read_json_marker
 from bench.errors import ConfigError, DatasetError
 
 from ._defects import DEFECT_FUNCTIONS
@@ -237,11 +238,7 @@ def generate(root: Path, seed: int = SEED, categories: list[str] | None = None, 
 
 def read_marker(root: Path) -> dict | None:
     """The ``synthetic.json`` of a generated tree, or None."""
-    try:
-        info = json.loads((Path(root) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("generator") == GENERATOR else None
+    return read_json_marker(root, MARKER, GENERATOR)
 
 
 def embedded_root(out: Path) -> Path:

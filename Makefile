@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test benchmarks gpu-check clean
+.PHONY: setup demo test benchmarks gpu-check ard-ablation clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ benchmarks: $(BIN)/.benchmarks  ## speed as ratios at full size (tens of minutes
 
 gpu-check: setup  ## on a GPU machine (<= 8 min): every CUDA path, fp16 vs fp32, MuSc/ARD speed; JSON + table
 	$(BIN)/python scripts/gpu_check.py --device cuda --out results/gpu_check.json
+
+$(BIN)/.photos: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[photos]'
+	touch $@
+
+ard-ablation: $(BIN)/.photos  ## issue 15: none / ARD variants / DeSTSeg / RealNet / guided, 3 seeds, embedded + photos (hours on CPU)
+	$(BIN)/python scripts/ard_ablation.py --seeds 0,1,2 --data embedded --data photos --out results/ard-ablation
 
 clean:
 	rm -rf $(VENV) results/mlflow.db results/artifacts results/data results/report.html

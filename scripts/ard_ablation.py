@@ -1,0 +1,90 @@
+"""The ARD ablation of issue 15: none / ARD variants / DeSTSeg / RealNet / guided in one PGT protocol.
+
+For every dataset and seed this runs ONE ``bench run`` with all the refiners side by side (same
+groups, same pseudo-normals, same synthetic training data; ``none`` always runs), so everything
+lands in one MLflow store (``--out``). Then it prints ``bench table`` (the four pixel metrics) over
+every finished run of that store (mean over seeds), and per refiner the number of categories where
+it beats ``none`` (win counts; ties count as no win).
+
+    python scripts/ard_ablation.py --seeds 0,1,2 --data embedded --data photos
+    python scripts/ard_ablation.py --seeds 0 --data embedded:pcb,pill --data photos:brick,ihc \\
+        --refiners ard,ard_residual --out results/ard-pilot
+    python scripts/ard_ablation.py --table-only --out results/ard-ablation
+
+``--data`` is ``embedded`` (the embedded synthetic dataset), ``photos`` (the real-photograph set,
+written under ``<out>/data/photos`` on first use; needs the extra ``photos``) or a dataset root,
+each optionally followed by ``:cat1,cat2``. ``--protocol-set KEY=VALUE`` adds a ``--set`` to every
+run (e.g. ``refiner_options.ard.validation_fraction=0.25`` for each trainable refiner).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_REFINERS = "ard,ard_residual,ard_gated,ard_confidence,destseg,realnet,guided"
+
+
+def bench(*args: str) -> None:
+    """``bench ARGS`` with this interpreter; stops the script on failure."""
+    command = [sys.executable, "-m", "bench", *args]
+    print("$ bench " + " ".join(args), flush=True)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"Error: `bench {' '.join(args)}` failed")
+
+
+def dataset_args(spec: str, out: Path) -> list[str]:
+    """``embedded[:cats]`` / ``photos[:cats]`` / ``ROOT[:cats]`` → ``bench run`` arguments (writes the photos tree when missing)."""
+    where, _, categories = spec.partition(":")
+    args = ["--categories", categories] if categories else []
+    if where == "embedded":
+        return args
+    if where == "photos":
+        root = out / "data" / "photos"
+        if not (root / "photos.json").is_file():
+            bench("data", "photos", "--root", str(root))
+        return ["--data-root", str(root), *args]
+    return ["--data-root", where, *args]
+
+
+def win_counts(out: Path) -> None:
+    """Per metric and refiner: categories (dataset/category, mean over seeds) where it beats ``none``."""
+    from bench.tables import BASELINE, PIXEL_METRICS, scoped
+    from bench.tracking import open_store
+
+    store = open_store(out)
+    parents = store.parents()
+    units = store.units(list(parents[parents.status == "FINISHED"].run_id))
+    units = units[units.contamination.astype(float) == 0]
+    print(f"\nwins over {BASELINE} (categories where the refiner's mean over seeds is higher; "
+          f"{units.seed.nunique()} seed(s), groups 2..k)")
+    for metric in scoped(PIXEL_METRICS, "g2k", units):
+        means = units.groupby(["dataset", "category", "refiner"])[metric].mean().unstack("refiner")
+        wins = {r: f"{int((means[r] > means[BASELINE]).sum())}/{means[r].notna().sum()}" for r in means if r != BASELINE}
+        print(f"  {metric:<20} " + "  ".join(f"{r} {w}" for r, w in wins.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
+    parser.add_argument("--data", action="append", help="embedded | photos | ROOT, optionally :cat1,cat2 (repeatable; default: embedded and photos)")
+    parser.add_argument("--refiners", default=DEFAULT_REFINERS, help=f"refiners run side by side (default {DEFAULT_REFINERS})")
+    parser.add_argument("--methods", default="musc", help="ZSAD method(s) (default musc)")
+    parser.add_argument("--out", type=Path, default=Path("results/ard-ablation"), help="results folder: its own MLflow store")
+    parser.add_argument("--protocol-set", action="append", default=[], metavar="KEY=VALUE", help="a --set for every run")
+    parser.add_argument("--table-only", action="store_true", help="only print the tables of the store")
+    opts = parser.parse_args()
+    if not opts.table_only:
+        for spec in opts.data or ["embedded", "photos"]:
+            data = dataset_args(spec, opts.out)
+            for seed in opts.seeds.split(","):
+                sets = [a for kv in opts.protocol_set for a in ("--set", kv)]
+                bench("run", "--out", str(opts.out), "--methods", opts.methods, "--refiners", opts.refiners,
+                      "--seed", seed.strip(), "--quiet", *data, *sets)
+    bench("table", "--out", str(opts.out), "--runs", "all")  # the four pixel metrics, mean over seeds
+    win_counts(opts.out)
+
+
+if __name__ == "__main__":
+    main()

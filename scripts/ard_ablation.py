@@ -19,19 +19,23 @@ run (e.g. ``refiner_options.ard.validation_fraction=0.25`` for each trainable re
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
+
+import click
 
 DEFAULT_REFINERS = "ard,ard_residual,ard_gated,ard_confidence,destseg,realnet,guided"
 
 
 def bench(*args: str) -> None:
-    """``bench ARGS`` with this interpreter; stops the script on failure."""
-    command = [sys.executable, "-m", "bench", *args]
+    """``bench ARGS`` in this process (the CLI's own parsing and errors); stops the script on failure."""
+    from bench.cli import main as cli
+
     print("$ bench " + " ".join(args), flush=True)
-    if subprocess.run(command).returncode != 0:
-        sys.exit(f"Error: `bench {' '.join(args)}` failed")
+    try:
+        cli.main(list(args), prog_name="bench", standalone_mode=False)
+    except click.ClickException as exc:
+        sys.exit(f"Error: {exc.format_message()}")
 
 
 def dataset_args(spec: str, out: Path) -> list[str]:

@@ -2,9 +2,9 @@
 
 For every dataset and seed this runs ONE ``bench run`` with all the refiners side by side (same
 groups, same pseudo-normals, same synthetic training data; ``none`` always runs), so everything
-lands in one MLflow store (``--out``). Then it prints ``bench table`` (the four pixel metrics) over
-every finished run of that store (mean over seeds), and per refiner the number of categories where
-it beats ``none`` (win counts; ties count as no win).
+lands in one MLflow store (``--out``). Then it prints ``bench table --runs all``: one block per
+dataset (configuration), the four pixel metrics per category as the mean over seeds, each
+refiner's gain over ``none`` with its 95% paired-bootstrap interval, and win counts.
 
     python scripts/ard_ablation.py --seeds 0,1,2 --data embedded --data photos
     python scripts/ard_ablation.py --seeds 0 --data embedded:pcb,pill --data photos:brick,ihc \\
@@ -52,23 +52,6 @@ def dataset_args(spec: str, out: Path) -> list[str]:
     return ["--data-root", where, *args]
 
 
-def win_counts(out: Path) -> None:
-    """Per metric and refiner: categories (dataset/category, mean over seeds) where it beats ``none``."""
-    from bench.tables import BASELINE, PIXEL_METRICS, scoped
-    from bench.tracking import open_store
-
-    store = open_store(out)
-    parents = store.parents()
-    units = store.units(list(parents[parents.status == "FINISHED"].run_id))
-    units = units[units.contamination.astype(float) == 0]
-    print(f"\nwins over {BASELINE} (categories where the refiner's mean over seeds is higher; "
-          f"{units.seed.nunique()} seed(s), groups 2..k)")
-    for metric in scoped(PIXEL_METRICS, "g2k", units):
-        means = units.groupby(["dataset", "category", "refiner"])[metric].mean().unstack("refiner")
-        wins = {r: f"{int((means[r] > means[BASELINE]).sum())}/{means[r].notna().sum()}" for r in means if r != BASELINE}
-        print(f"  {metric:<20} " + "  ".join(f"{r} {w}" for r, w in wins.items()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
@@ -86,8 +69,7 @@ def main() -> None:
                 sets = [a for kv in opts.protocol_set for a in ("--set", kv)]
                 bench("run", "--out", str(opts.out), "--methods", opts.methods, "--refiners", opts.refiners,
                       "--seed", seed.strip(), "--quiet", *data, *sets)
-    bench("table", "--out", str(opts.out), "--runs", "all")  # the four pixel metrics, mean over seeds
-    win_counts(opts.out)
+    bench("table", "--out", str(opts.out), "--runs", "all")  # one block per dataset: mean over seeds, gains, wins
 
 
 if __name__ == "__main__":

@@ -266,6 +266,8 @@ def typed_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     checked = dict(options)
     for name, value in options.items():
         hint = hints.get(name)
+        if typing.get_origin(hint) is tuple:  # tuple[int, int] is not an int: left to cls
+            continue
         args = set(typing.get_args(hint)) if typing.get_args(hint) else {hint}
         if value is None and type(None) in args:
             continue

@@ -168,3 +168,14 @@ def test_bad_masks_checked_lazily(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not binary") as err:
         samples[4].mask
     assert str(not_binary) in str(err.value)
+
+
+def test_webp_and_gif_images_are_read_not_skipped(tmp_path: Path) -> None:
+    root = make_mvtec(tmp_path)
+    good = root / "grid" / "test" / "good"
+    Image.fromarray(np.full((16, 16), 90, np.uint8), "L").save(good / "002.webp", lossless=True)
+    Image.fromarray(np.full((16, 16), 70, np.uint8), "L").convert("P").save(good / "003.gif")
+    samples = MVTecAD(root).test("grid")
+    assert [s.path.name for s in samples] == ["000.png", "002.webp", "003.gif", "000.png"]
+    assert (samples[1].image == 90).all() and (samples[2].image == 70).all()
+    assert samples[2].image.shape == (16, 16, 3)

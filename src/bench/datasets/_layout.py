@@ -25,7 +25,7 @@ from bench.errors import DatasetError
 from bench.interfaces import Dataset
 from bench.records import Sample
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # all decoded by Pillow
 GOOD = "good"
 LAYOUT_HELP = (
     "expected an MVTec-like tree: <root>/<category>/test/<defect>/<image> "

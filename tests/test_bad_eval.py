@@ -69,3 +69,8 @@ def test_an_image_scored_twice(maps, base):
     scores_file = maps / "tile" / "image_scores.csv"
     scores_file.write_text("image,score\ngood/000,0.1\ngood/000,0.9\n")
     fails(eval_args(maps, base), str(scores_file), "lines 2 and 3", "scored twice")
+
+
+def test_an_eval_size_beyond_memory_is_one_error_line(maps, base):
+    """A side of 10^7 pixels asks for ~10^14 bytes per map: one Error line, no MemoryError traceback."""
+    fails(eval_args(maps, base, "--eval-size", "10000000"), "out of memory", "--eval-size")

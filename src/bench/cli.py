@@ -19,9 +19,12 @@ LISTS = ("methods", "refiners", "datasets", "backbones")
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full or read-only disk, wherever it is hit
 
 
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory")  # torch's CPU and CUDA allocator messages
+
+
 def friendly(command):
-    """Turn BenchError, and a write that fails for want of space, into a one-line ``Error: ...``
-    and exit code 1."""
+    """Turn BenchError, a write that fails for want of space, and running out of memory into a
+    one-line ``Error: ...`` and exit code 1."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
@@ -33,6 +36,12 @@ def friendly(command):
             if exc.errno not in WRITE_ERRNOS:
                 raise
             raise click.ClickException(f"cannot write {exc.filename or 'a file'}: {exc.strerror}") from None
+        except (MemoryError, RuntimeError) as exc:
+            # torch's CPU allocator and CUDA raise RuntimeErrors (OutOfMemoryError) rather than MemoryError
+            if not isinstance(exc, MemoryError) and not any(s in str(exc) for s in OUT_OF_MEMORY):
+                raise
+            raise click.ClickException("out of memory; use smaller sizes (--eval-size, --batch-size) or fewer "
+                                       "images (--categories)") from None
 
     return wrapper
 

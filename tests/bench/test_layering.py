@@ -43,7 +43,7 @@ def plugin_imports(path: Path, source: str | None = None) -> list[str]:
 
 def test_the_scan_sees_the_core_and_finds_plugin_imports():
     names = {p.relative_to(ROOT).as_posix() for p in core_modules()}
-    assert {"api.py", "cli.py", "plan.py", "runner.py", "registry.py", "embedded/__init__.py"} <= names
+    assert {"api.py", "cli/__init__.py", "cli/_run.py", "plan.py", "runner.py", "registry.py", "embedded/__init__.py"} <= names
     assert not any(n.startswith(("methods/", "refiners/", "datasets/")) for n in names)
     source = "from bench import methods\nimport bench.refiners.ard\nfrom ..datasets import folder\n"
     tree_names = plugin_imports(ROOT / "embedded" / "probe.py", source)  # parsed, never written

@@ -148,6 +148,11 @@ class MethodInfo:
     # maps from files), so PGT cannot score synthetic training images and trainable refiners
     # are refused with a clear error before anything runs.
     scores_unseen_images: bool = True
+    # How this method's grid maps reach pixels: bilinear upsampling with this ``align_corners``.
+    # True where the official code upsamples so (MuSc: grid point i lands on pixel i·(S-1)/(g-1));
+    # the protocol and the training-free refiners (``none``, ``gaussian``, ``guided``) follow it,
+    # so that ``none`` evaluates what the official code evaluates.
+    align_corners: bool = False
 
 
 class Method(ABC):
@@ -189,6 +194,14 @@ class Refiner(ABC):
     """Turns coarse patch-level maps into pixel-level maps; its state carries over between groups."""
 
     trainable: bool = False
+    align_corners: bool = False  # how coarse maps are upsampled to pixels (set by ``bind``)
+
+    def bind(self, method: MethodInfo) -> None:
+        """Called by the protocol with the scoring method's info before any ``fit``/``refine``.
+
+        Default: upsample coarse maps as the method's official code does (``method.align_corners``).
+        """
+        self.align_corners = bool(method.align_corners)
 
     def fit(self, batch: RefineBatch) -> list[float]:
         """Train on one group's synthetic data; returns the loss curve (empty if not trainable)."""

@@ -193,7 +193,12 @@ def run_pgt(
     scale = coarse_scaler(coarse.maps)
     coarse_maps = scale(coarse.maps)
     size = tuple(stream.images.shape[-2:])
-    upsampled = F.interpolate(coarse_maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    # what the method's official code evaluates (bilinear; align_corners as the method declares)
+    upsampled = F.interpolate(
+        coarse_maps[:, None].float(), size=size, mode="bilinear", align_corners=method.info.align_corners
+    )[:, 0]
+    for refiner in refiners.values():
+        refiner.bind(method.info)
     maps = {name: upsampled.clone() for name in refiners}
     trainable = [name for name, r in refiners.items() if r.trainable]
     scores = coarse.image_scores.numpy()

@@ -144,3 +144,28 @@ def test_training_free_refiners_refine_group_1_too(tiny_backbone, brightness_met
     out = run_pgt(stream, coarse, groups, brightness_method, tiny_backbone, {"fake": CountingRefiner(), "gaussian": smooth}, config, 0.0, 0)
     assert ["gaussian" in log.refine_seconds for log in out.log] == [True, True, True]
     assert ["fake" in log.refine_seconds for log in out.log] == [False, True, True]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_none_upsamples_as_the_method_declares(tiny_backbone, brightness_method, align_corners):
+    # what `none` evaluates is the method's grid map upsampled as its official code does
+    # (MuSc: bilinear, align_corners=True); gaussian smooths that same upsampled map
+    from dataclasses import replace
+
+    from bench.refiners.gaussian import gaussian_smooth
+    from bench.registry import REFINERS
+
+    method = type(brightness_method)()
+    method.info = replace(brightness_method.info, align_corners=align_corners)
+    stream = make_stream(tiny_backbone)
+    config = PGTConfig(n_groups=3, synth_per_group=4)
+    groups = make_groups(24, config, 0)
+    coarse = coarse_scores(method, stream.features, groups, "all")
+    refiners = {"none": REFINERS.create("none"), "gaussian": REFINERS.create("gaussian", sigma=2)}
+    out = run_pgt(stream, coarse, groups, method, tiny_backbone, refiners, config, 0.0, 0)
+    scaled = (coarse.maps - coarse.maps.min()) / (coarse.maps.max() - coarse.maps.min())
+    up = torch.nn.functional.interpolate(scaled[:, None], size=(32, 32), mode="bilinear", align_corners=align_corners)[:, 0]
+    assert torch.allclose(out.maps["none"], up, atol=1e-6)
+    assert torch.allclose(out.maps["gaussian"], gaussian_smooth(up, 2.0, 4.0), atol=1e-5)
+    other = torch.nn.functional.interpolate(scaled[:, None], size=(32, 32), mode="bilinear", align_corners=not align_corners)[:, 0]
+    assert (out.maps["none"] - other).abs().max() > 1e-3

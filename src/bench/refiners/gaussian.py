@@ -75,7 +75,7 @@ class GaussianRefiner(Refiner):
 
     @torch.no_grad()
     def refine(self, images: torch.Tensor, features: FeatureSet, coarse: torch.Tensor) -> torch.Tensor:
-        up = upsample(coarse, tuple(images.shape[-2:]), align_corners=False)
+        up = upsample(coarse, tuple(images.shape[-2:]), align_corners=self.align_corners)
         return gaussian_smooth(up, self.opts.sigma, self.opts.truncate)
 
 

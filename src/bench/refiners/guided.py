@@ -186,7 +186,7 @@ class GuidedRefiner(Refiner):
     def refine(self, images: torch.Tensor, features: FeatureSet, coarse: torch.Tensor) -> torch.Tensor:
         if images.shape[0] != coarse.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {coarse.shape[0]} coarse maps")
-        up = upsample(coarse.to(self.device), tuple(images.shape[-2:]), align_corners=False)
+        up = upsample(coarse.to(self.device), tuple(images.shape[-2:]), align_corners=self.align_corners)
         guide = make_guide(images.to(self.device), self.opts)
         out = guided_filter(guide, up, self.opts.radius, self.opts.eps)
         return out.float().to(images.device)

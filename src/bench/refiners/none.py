@@ -10,10 +10,10 @@ from bench.registry import REFINERS
 
 
 class NoRefiner(Refiner):
-    """Bilinear upsampling of the coarse map (no training)."""
+    """Bilinear upsampling of the coarse map (no training), as the scoring method's official code does."""
 
     def refine(self, images: torch.Tensor, features: FeatureSet, coarse: torch.Tensor) -> torch.Tensor:
-        return upsample(coarse, tuple(images.shape[-2:]), align_corners=False)
+        return upsample(coarse, tuple(images.shape[-2:]), align_corners=self.align_corners)
 
 
 @REFINERS.register("none", "baseline: the coarse map, bilinearly upsampled (no training)")

@@ -220,6 +220,23 @@ def test_rscin_is_an_increasing_affine_map_of_the_official_rescoring():
     assert torch.equal(M.rscin(scores, emb, (0,)), scores)  # official "off" switch
 
 
+def test_rscin_breaks_ties_as_the_official_code():
+    # three identical embeddings and a twin pair: the neighbours kept among equal similarities
+    # are those that the official "zero the n - k smallest" leaves, not those topk(k) keeps
+    emb = torch.tensor([[1.0, 0, 0], [1, 0.2, 0], [1, 0.2, 0], [1, 0.2, 0], [0, 1, 0], [0, 1, 0]])
+    scores = torch.tensor([0.1, 0.9, 0.2, 0.5, 0.3, 0.8])
+    ours = M.rscin(scores, emb, (1, 2, 3))
+    official = official_rscin(scores.numpy(), F.normalize(emb, dim=-1).numpy(), (1, 2, 3))
+    assert np.allclose(ours.numpy(), official * 0.8 + 0.1, atol=1e-6)
+    w = F.normalize(emb, dim=-1) @ F.normalize(emb, dim=-1).T
+    keep_k = torch.zeros(6)
+    for k in (1, 2, 3):
+        values, index = w.topk(k, dim=1)
+        mask = torch.zeros_like(w).scatter_(1, index, values)
+        keep_k += mask / mask.sum(dim=1, keepdim=True) @ scores / 3
+    assert (keep_k - ours).abs().max() > 0.01  # the tie-break matters here
+
+
 def test_rscin_by_hand():
     # two identical embeddings and one orthogonal: k = 2 averages the twins' scores with
     # cosine weights (1, 1); the third image's 2nd neighbour has similarity 0, so it keeps its own.
@@ -290,6 +307,31 @@ def test_mutual_mode_equals_reference_mode_against_the_others():
         METHODS.create("musc").score(fs.select([0]), reference=fs.select([1])).image_scores,
         one.image_scores,
     )
+
+
+def test_image_score_is_the_max_of_the_map_upsampled_as_official():
+    fs = _feature_set(6)
+    grid = METHODS.create("musc", rscin=False, image_score="grid").score(fs)
+    method = METHODS.create("musc", rscin=False)
+    assert method.info.align_corners and method.info.settings["upsampling"].startswith("bilinear, align_corners=True")
+    method.bind(type("B", (), {"input_size": 30})())
+    out = method.score(fs)
+    assert torch.equal(out.maps, grid.maps)  # maps stay on the grid (what refiners consume)
+    up = F.interpolate(out.maps[:, None], size=(30, 30), mode="bilinear", align_corners=True)
+    assert torch.allclose(out.image_scores, up.flatten(1).amax(1))
+    assert (grid.image_scores - out.image_scores).abs().max() > 1e-4  # not the grid max
+    assert torch.all(out.image_scores <= grid.image_scores + 1e-7)
+    fixed = METHODS.create("musc", rscin=False, image_size=30, align_corners=False)
+    assert not fixed.info.align_corners
+    up = F.interpolate(out.maps[:, None], size=(30, 30), mode="bilinear", align_corners=False)
+    assert torch.allclose(fixed.score(fs).image_scores, up.flatten(1).amax(1))
+    with pytest.raises(ConfigError, match="image_score"):
+        METHODS.create("musc", image_score="mean")
+
+
+def test_official_backbone_runs_exact_gelu_at_518():
+    options = METHODS.create("musc").backbone_options("ViT-L-14-336")
+    assert options == {"layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "quick_gelu": False}
 
 
 def test_too_few_images_for_mutual_scoring_is_a_config_error():

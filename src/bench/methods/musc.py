@@ -26,11 +26,16 @@ Pipeline (official code in brackets):
    In mutual mode j runs over the other images of the batch (n_ref = B - 1); in reference mode
    over all reference images (there k = max(1, ...), so one reference image works).
 3. Maps: mean over layers, then over r [``anomaly_maps_l.mean(0)``, ``anomaly_maps_r.mean(0)``],
-   returned at grid resolution; the protocol upsamples.
-4. Image score: the max of the map, then RsCIN (``models/modules/_RsCIN.py``): W = E Eᵀ of the
-   L2-normalised global embeddings; for each k in ``rscin_k`` keep the k largest entries of each
-   row (the image itself included), row-normalise, and smooth ``s_k = P_k s``; the score is the
-   mean over k [k = (1, 2, 3) for MVTec AD and other sets, (1, 8, 9) for VisA].
+   returned at grid resolution; the protocol upsamples them bilinearly with ``align_corners=True``
+   to the input size, as the official code [``F.interpolate(..., size=img_size, mode='bilinear',
+   align_corners=True)``] (``MethodInfo.align_corners``).
+4. Image score: the max of that upsampled map [``anomaly_maps.reshape(B, -1).max(-1)``; with
+   ``align_corners=True`` only the four corner cells land on a pixel, so it is not the grid max],
+   then RsCIN (``models/modules/_RsCIN.py``): W = E Eᵀ of the L2-normalised global embeddings;
+   for each k in ``rscin_k`` zero the n - k smallest entries of each row [``topk(n - k,
+   largest=False)``, so ties are broken as torch.topk does there], row-normalise, and smooth
+   ``s_k = P_k s``; the score is the mean over k [k = (1, 2, 3) for MVTec AD and other sets,
+   (1, 8, 9) for VisA].
 
 Memory: distances are computed block by block (``chunk`` query images × ``chunk`` reference
 images) and reduced at once to per-reference-image minima; the full set of distances is never
@@ -48,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import ConfigError
-from bench.interfaces import Method, MethodInfo
+from bench.interfaces import Backbone, Method, MethodInfo
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
 
@@ -66,20 +71,29 @@ AUTO_BLOCK_ELEMENTS = 1 << 20
 SYMMETRIC_MINIMA_ELEMENTS = 1 << 26
 
 # The official setting (configs/musc.yaml: ViT-L-14-336, openai, img_resize 518,
-# feature_layers [5, 11, 17, 23] 0-based = blocks 6/12/18/24 in bench's 1-based naming). Other
-# backbones are used with their own defaults (open_clip ViTs: 4 evenly spaced blocks, native size).
+# feature_layers [5, 11, 17, 23] 0-based = blocks 6/12/18/24 in bench's 1-based naming). At
+# 518 px the official factory builds the model from its config, ``CLIP(**model_cfg)``, which has no
+# ``quick_gelu``, and loads OpenAI's weights into it: the towers run exact GELU, so the published
+# numbers come from GELU features. Other backbones are used with their own defaults (open_clip
+# ViTs: 4 evenly spaced blocks, native size).
 OFFICIAL_BACKBONE = "ViT-L-14-336"
 BACKBONE_OPTIONS: dict[str, dict[str, object]] = {
-    OFFICIAL_BACKBONE: {"layers": ("block6", "block12", "block18", "block24"), "input_size": 518},
+    OFFICIAL_BACKBONE: {
+        "layers": ("block6", "block12", "block18", "block24"),
+        "input_size": 518,
+        "quick_gelu": False,
+    },
 }
+IMAGE_SCORES = ("upsampled", "grid")
 
 DEVIATIONS = (
     "Backbone: the default is the offline CNN EfficientNet-Lite0 (blocks 4/7/10, 256 px, 16x16 "
     "grid), because CLIP weights need a download; the official setting is `--backbone "
     "ViT-L-14-336` (open_clip, 'openai' weights, or a local checkpoint via --weights), which the "
     "method asks for through backbone_options: 518 px (position embedding resized bicubically by "
-    "open_clip), patch tokens of blocks 6/12/18/24 (before ln_post, class token dropped), 37x37 "
-    "grid; on CUDA the backbone runs under fp16 autocast as the official code. On the CNN the "
+    "open_clip), exact GELU as the official build (CLIP(**model_cfg), no quick_gelu, although "
+    "OpenAI's weights were trained with QuickGELU), patch tokens of blocks 6/12/18/24 (before "
+    "ln_post, class token dropped), 37x37 grid; on CUDA the backbone runs under fp16 autocast as the official code. On the CNN the "
     "layers have different channel counts and resolutions, so LNAMD runs per layer and each is "
     "resized to one grid (the official code resizes to the first layer's grid; all its ViT layers "
     "share it, as ours do on a ViT). Other open_clip ViTs run with 4 evenly spaced blocks at "
@@ -91,8 +105,10 @@ DEVIATIONS = (
     "official code, on the CNN its pooled head (L2-normalised); k "
     "values larger than the batch are clipped to it; in reference mode the neighbours are the "
     "other images of the scored batch. "
-    "Image score is the max of the grid-resolution map; this equals the official max of the "
-    "map upsampled bilinearly with align_corners=True. "
+    "Maps are returned on the grid (what refiners consume) and upsampled to the input size "
+    "bilinearly with align_corners=True as the official code (align_corners=False, patch-centred, "
+    "is an option); the image score is the max of that upsampled map as official (image_score="
+    "'grid', the grid max, is an option). "
     "Interval mean: k = int(n_ref * interval) as in the official code; sets where that is 0 "
     "(official: NaN) are refused in mutual mode, and in reference mode k = max(1, ...). "
     "Distances are computed in float32 in blocks (official: fp16 autocast on GPU, one query image "
@@ -271,8 +287,9 @@ def rscin(
 ) -> torch.Tensor:
     """Re-score images by kNN smoothing over their embeddings (RsCIN's MMO step).
 
-    ``W = Ê Êᵀ`` (cosine similarities); for each k keep the k largest entries of each row
-    (the image itself included), ``P_k = D⁻¹ W_k`` row-normalised, ``s_k = P_k s``; returns the
+    ``W = Ê Êᵀ`` (cosine similarities); for each k zero the n - k smallest entries of each row
+    as the official code (``topk(n - k, largest=False)``: with ties its choice, not ``topk(k)``'s,
+    decides which neighbours stay), ``P_k = D⁻¹ W_k`` row-normalised, ``s_k = P_k s``; returns the
     mean of the ``s_k``. k = 0 anywhere in ``k_list`` disables it (official convention).
     """
     if not k_list or 0 in k_list:
@@ -283,9 +300,9 @@ def rscin(
     s = scores.float()
     out = torch.zeros_like(s)
     for k in k_list:
-        kk = min(int(k), n)
-        values, index = w.topk(kk, dim=1)
-        mask = torch.zeros_like(w).scatter_(1, index, values)
+        drop = n - min(int(k), n)  # official: zero the n - k smallest of each row (its tie order)
+        index = w.topk(drop, dim=1, largest=False, sorted=True).indices
+        mask = w.scatter(1, index, 0.0)
         prob = mask / mask.sum(dim=1, keepdim=True)
         out += prob @ s
     return (out / len(k_list)).to(scores.dtype)
@@ -312,6 +329,12 @@ class MuSc(Method):
     per-image minima; results do not depend on it.
     layernorm: "image" = LayerNorm over (C, h, w) of each image, as the official code;
     "token" = over the channels of each patch token (an option, not the official behaviour).
+    align_corners: how the grid map is upsampled to pixels (bilinear). True = official (grid point
+    i on pixel i·(S-1)/(g-1)); False = patch-centred (no half-patch shift at the borders).
+    image_score: "upsampled" = max of the map upsampled to ``image_size`` as official; "grid" =
+    max of the grid map (cheaper; differs by up to a few 1e-3 and can reorder images).
+    image_size: side the image score's map is upsampled to; None = the backbone's input size
+    (set by ``bind``; without a bound backbone, the grid).
     """
 
     def __init__(
@@ -323,6 +346,9 @@ class MuSc(Method):
         rscin_k: Sequence[int] = (1, 2, 3),
         chunk: int | None = None,
         layernorm: str = "image",
+        align_corners: bool = True,
+        image_score: str = "upsampled",
+        image_size: int | None = None,
     ) -> None:
         if layernorm not in LAYERNORM_MODES:
             raise ConfigError(f"MuSc layernorm must be one of {LAYERNORM_MODES}, got {layernorm!r}")
@@ -345,6 +371,13 @@ class MuSc(Method):
                 f"MuSc chunk must be a positive number of images or None, got {chunk}"
             )
         self.chunk = None if chunk is None else int(chunk)
+        if image_score not in IMAGE_SCORES:
+            raise ConfigError(f"MuSc image_score must be one of {IMAGE_SCORES}, got {image_score!r}")
+        self.image_score = image_score
+        if image_size is not None and int(image_size) < 1:
+            raise ConfigError(f"MuSc image_size must be a positive integer or None, got {image_size}")
+        self.image_size = None if image_size is None else int(image_size)
+        self.align_corners = bool(align_corners)
         self.info = MethodInfo(
             name="musc",
             paper=PAPER,
@@ -361,15 +394,41 @@ class MuSc(Method):
                 "aggregation": "r x r mean, zero padding counted (official unfold + adaptive pool)",
                 "grid_resize": "bilinear, align_corners=False, then L2-normalise tokens",
                 "layer_and_r_fusion": "mean over layers, then over r",
-                "image_score": "max of the grid map" + (", then RsCIN" if self.use_rscin else ""),
+                "image_score": (
+                    "max of the map upsampled to the input size" if image_score == "upsampled"
+                    else "max of the grid map"
+                ) + (", then RsCIN" if self.use_rscin else ""),
                 "rscin": self.use_rscin,
                 "rscin_k": list(self.rscin_k),
                 "chunk": self.chunk if self.chunk is not None else "auto",
                 "map_resolution": "grid (the protocol upsamples)",
+                "upsampling": f"bilinear, align_corners={self.align_corners}"
+                + (" (official)" if self.align_corners else " (patch-centred; official: True)"),
+                "rscin_ties": "zero the n-k smallest similarities per row (official)",
+                "activation": "exact GELU on ViT-L-14-336 (official build); the tag's elsewhere",
             },
             deviations=DEVIATIONS,
             backbone_options=BACKBONE_OPTIONS,
+            align_corners=self.align_corners,
         )
+
+    def bind(self, backbone: Backbone) -> None:
+        """Take the input size the image score's map is upsampled to (unless ``image_size`` is set)."""
+        if self.image_size is None:
+            self.image_size = int(backbone.input_size)
+
+    def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """Max of each map; upsampled to ``image_size`` first (official), a few images at a time."""
+        if self.image_score == "grid" or self.image_size is None:
+            return maps.flatten(1).amax(dim=1)
+        out = maps.new_empty(maps.shape[0])
+        for a in range(0, maps.shape[0], 16):
+            up = F.interpolate(
+                maps[a : a + 16, None], size=(self.image_size, self.image_size), mode="bilinear",
+                align_corners=self.align_corners,
+            )
+            out[a : a + 16] = up.flatten(1).amax(dim=1)
+        return out
 
     # -- helpers
     def _grid(self, features: FeatureSet) -> tuple[int, int]:
@@ -438,7 +497,7 @@ class MuSc(Method):
                 count += 1
         # Every (layer, r) pair has the same weight, so mean over layers then over r = overall mean.
         maps = (total / count).view(n, *grid)
-        image_scores = maps.flatten(1).amax(dim=1)
+        image_scores = self._image_scores(maps)
         if self.use_rscin:
             image_scores = rscin(
                 image_scores, features.embedding.to(image_scores.device), self.rscin_k

@@ -256,7 +256,7 @@ def test_musc_asks_vit_l_14_336_for_its_official_setting():
     musc = METHODS.create("musc")
     assert musc.info.default_backbone == "efficientnet_lite0"  # the embedded default stays offline
     assert musc.backbone_options("ViT-L-14-336") == {
-        "layers": ("block6", "block12", "block18", "block24"), "input_size": 518}
+        "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "quick_gelu": False}
     assert musc.backbone_options("ViT-B-32") == {} and musc.backbone_options("efficientnet_lite0") == {}
     assert "ViT-L-14-336" in musc.info.deviations and "518" in musc.info.deviations
     assert 518 % 14 == 0  # 37×37 patch grid

@@ -1,0 +1,60 @@
+"""What the parity fixtures are made from: a tiny CLIP config, seeded weights, seeded images.
+
+Imported by the fixture scripts (which run the official code from its checkout) and by the tests
+(which run bench), so both sides see the same weights and pixels without storing either. The
+weights follow from each tensor's name and shape only, so two implementations with the same
+state-dict keys get the same values.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import torch
+
+SEED = 14
+ARCH = "parity-ViT-tiny"  # 24 blocks as ViT-L-14-336 (the official layer indices apply), 64 wide
+IMAGE_SIZE = 64  # patch 8: an 8x8 grid
+CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 24, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 12},
+}
+
+
+def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> dict[str, torch.Tensor]:
+    """Seeded weights for ``{name: shape}``: LayerNorm scales near 1, matrices scaled by 1/sqrt(fan-in)."""
+    out = {}
+    for name, shape in shapes.items():
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        x = torch.randn(shape, generator=gen)
+        if len(shape) == 0:
+            x = torch.tensor(math.log(1 / 0.07))  # logit_scale
+        elif len(shape) == 1:
+            is_norm_scale = name.endswith(".weight") and ("ln" in name.split(".")[-2] or "norm" in name)
+            x = 1 + 0.1 * x if is_norm_scale else 0.1 * x
+        else:
+            x = x / math.sqrt(math.prod(shape[1:]))
+        out[name] = x
+    return out
+
+
+def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of a model's state dict (its persistent floating-point tensors)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def images(n: int = 6, size: int = IMAGE_SIZE, seed: int = SEED) -> list[np.ndarray]:
+    """``n`` smooth random textures (H×W×3 uint8); images 1 and 4 carry a bright square defect."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(60, 190, size=(4, 4, 3))
+    out = []
+    for i in range(n):
+        coarse = base + rng.normal(0, 12, size=base.shape)
+        img = np.kron(coarse, np.ones((size // 4, size // 4, 1))) + rng.normal(0, 6, size=(size, size, 3))
+        if i in (1, 4):
+            y, x = rng.integers(4, size - 20, size=2)
+            img[y : y + 14, x : x + 14] = 250
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out

@@ -40,6 +40,16 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> d
     return out
 
 
+def linear_adapters(count: int, seed: int = SEED + 1) -> dict[str, torch.Tensor]:
+    """Seeded per-layer linear adapters width → embed_dim, in the official key names ``fc.<i>.weight|bias``
+    (APRIL-GAN's ``LinearLayer``)."""
+    width, dim = CONFIG["vision_cfg"]["width"], CONFIG["embed_dim"]
+    shapes = {}
+    for i in range(count):
+        shapes[f"fc.{i}.weight"], shapes[f"fc.{i}.bias"] = (dim, width), (dim,)
+    return random_state_dict(shapes, seed=seed)
+
+
 def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """``{name: shape}`` of a model's state dict (its persistent floating-point tensors)."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if v.is_floating_point()}

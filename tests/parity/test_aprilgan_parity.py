@@ -1,0 +1,37 @@
+"""APRIL-GAN zero-shot against the official code (ByChelsea/VAND-APRIL-GAN, fixture by ``make_aprilgan.py``)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from parity import recipe
+from parity.helpers import backbone, fixture
+
+from bench.registry import METHODS, REFINERS
+
+TOL = 1e-4
+
+
+def run_bench(weights, tmp_path, backbone_options=None, **method_options):
+    checkpoint = tmp_path / "adapters.pth"  # the official checkpoint format
+    torch.save({"trainable_linearlayer": recipe.linear_adapters(4)}, checkpoint)
+    method = METHODS.create("aprilgan", checkpoint=str(checkpoint), **method_options)
+    options = method.backbone_options("ViT-L-14-336")  # the official layers and activation...
+    options.pop("input_size")  # ...at the recipe's size
+    options.update(backbone_options or {})
+    net = backbone(weights, **options)
+    method.bind(net)
+    x = net.preprocess(recipe.images())
+    features = net.features(x)
+    features.category = "bottle"
+    out = method.score(features)
+    refiner = REFINERS.create("none")
+    refiner.bind(method.info)
+    return out, refiner.refine(x, None, out.maps)
+
+
+def test_maps_and_image_scores_match_the_official_code(parity_weights, tmp_path):
+    official = fixture("aprilgan")
+    out, maps = run_bench(parity_weights, tmp_path, {"quick_gelu": False}, resolution="input")
+    assert np.abs(maps.numpy() - official["maps"]).max() < TOL  # `none` = the official map
+    assert np.abs(out.image_scores.numpy() - official["image_scores"]).max() < TOL

@@ -32,6 +32,15 @@ def run_bench(weights, tmp_path, backbone_options=None, **method_options):
 
 def test_maps_and_image_scores_match_the_official_code(parity_weights, tmp_path):
     official = fixture("aprilgan")
-    out, maps = run_bench(parity_weights, tmp_path, {"quick_gelu": False}, resolution="input")
+    out, maps = run_bench(parity_weights, tmp_path, resolution="input")  # the official order
     assert np.abs(maps.numpy() - official["maps"]).max() < TOL  # `none` = the official map
     assert np.abs(out.image_scores.numpy() - official["image_scores"]).max() < TOL
+
+
+def test_the_grid_map_and_quickgelu_miss_the_official_maps(parity_weights, tmp_path):
+    official = fixture("aprilgan")
+    _, maps = run_bench(parity_weights, tmp_path, resolution="grid")  # softmax on the grid, then upsampled
+    assert np.abs(maps.numpy() - official["maps"]).max() > 0.1
+    out, maps = run_bench(parity_weights, tmp_path, {"quick_gelu": True}, resolution="input")  # the tag's activation
+    assert np.abs(maps.numpy() - official["maps"]).max() > 1e-3
+    assert np.abs(out.image_scores.numpy() - official["image_scores"]).max() > 1e-3

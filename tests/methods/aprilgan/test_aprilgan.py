@@ -17,7 +17,7 @@ from bench.methods import aprilgan as A
 from bench.methods._clip.adapters import linear_layers_from_official
 from bench.methods._clip.auxiliary import dice_loss_from_probs, focal_loss_from_probs
 from bench.methods.aprilgan import model as M
-from bench.methods.aprilgan.train import train
+from bench.methods.aprilgan.train import TRAIN_BATCH_SIZE, train
 from clip_helpers import assert_missing_weights_named, assert_runs
 import fakes
 from fakes import RandomTextEncoder, TinyBackbone
@@ -274,8 +274,9 @@ def test_info_and_registration():
     assert info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
     assert info.default_backbone == "ViT-L-14-336" and info.arxiv == "2305.17382"
     assert method.backbone_options("ViT-L-14-336") == {
-        "layers": ("block6", "block12", "block18", "block24"), "input_size": 518}
+        "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "quick_gelu": False}
     assert method.backbone_options("ViT-B-32") == {}
+    assert method.resolution == "grid" and TRAIN_BATCH_SIZE == 8  # refiners take grid maps; train.sh's batch
     assert "softmax" in info.deviations and info.settings["logit_scale"] == 100.0
     assert "aprilgan" in METHODS.resolve("all")  # untrained under --weights random, else skipped or an error
 

@@ -23,9 +23,10 @@ Pipeline (official code in brackets):
    layer is the abnormal channel of the softmax over the two logits; the map is the **sum** over
    layers [``np.sum(anomaly_maps, axis=0)`` in ``test.py``], so it lies in [0, n_layers].
    The official code upsamples the logits bilinearly (``align_corners=True``) to the input size
-   *before* the softmax; ``resolution="input"`` does exactly that, ``resolution="grid"`` (the
-   default) takes the softmax on the patch grid and leaves the upsampling to the protocol, as
-   every coarse map in bench (see DEVIATIONS).
+   *before* the softmax; ``resolution="input"`` does exactly that;
+   ``resolution="grid"`` (the default: trainable refiners are sized by the coarse grid) takes the
+   softmax on the patch grid and leaves the upsampling to the protocol (not the official map: see
+   DEVIATIONS).
 3. Image score (zero-shot mode): CLIP's own zero-shot probability of the abnormal class,
    ``softmax(100 · e T)[1]`` with e the L2-normalised projected image embedding
    [``text_probs[0][1]`` in ``test.py``]; the map is not used for it.
@@ -59,7 +60,7 @@ categories, shuffled together); per layer the logits are upsampled to the input 
 dice(abnormal probability, mask), summed over layers [``loss.py``: focal with gamma 2, no alpha,
 smooth 1e-5 on the one-hot target and on p_t; dice with smooth 1, averaged over images]; masks
 are resized bilinearly to the input size and thresholded at 0.5. Adam, lr 1e-3,
-betas (0.5, 0.999), batch 64, seed 111; 15 epochs on VisA (for MVTec AD), 3 on MVTec AD (for
+betas (0.5, 0.999), batch 8 [train.sh], seed 111; 15 epochs on VisA (for MVTec AD), 3 on MVTec AD (for
 VisA) with a 2×2 mosaic of random test images of the same category replacing a sample with
 probability 0.2 [``aug_rate`` / ``combine_img``] [``train.sh``].
 
@@ -102,24 +103,30 @@ ARXIV = "2305.17382"
 
 OFFICIAL_BACKBONE = "ViT-L-14-336"
 OFFICIAL_LAYERS = ("block6", "block12", "block18", "block24")  # --features_list 6 12 18 24
+# At 518 px the official factory builds the model from its config, CLIP(**model_cfg), which has no
+# quick_gelu, and loads OpenAI's weights into it: exact GELU, on which the released adapters were trained.
 BACKBONE_OPTIONS: dict[str, dict[str, object]] = {
-    OFFICIAL_BACKBONE: {"layers": OFFICIAL_LAYERS, "input_size": 518},
+    OFFICIAL_BACKBONE: {"layers": OFFICIAL_LAYERS, "input_size": 518, "quick_gelu": False},
 }
 SCORE_CHUNK = 32  # images per adapter pass in score() (bounds the (B, P, D) intermediates)
 
 DEVIATIONS = (
-    "Map resolution: by default (resolution='grid') the per-layer softmax is taken on the patch "
-    "grid and the map is returned at grid resolution for the protocol to upsample (bilinear, "
-    "align_corners=False), as every coarse map in bench; the official code upsamples the two "
-    "logits to the input size (bilinear, align_corners=True) before the softmax. The two differ "
-    "only between patch centres; resolution='input' reproduces the official order exactly. "
+    "Map resolution: resolution='input' is the official order (the two logits upsampled to the input "
+    "size, bilinear, align_corners=True, then the softmax) and reproduces the official map. The "
+    "default stays 'grid' because the trainable refiners size their networks by the coarse map (an "
+    "input-size coarse map makes ARD run out of memory); it takes the softmax on the patch grid and "
+    "lets the protocol upsample (bilinear, align_corners=False): not the official map (on the parity recipe "
+    "max |diff| 0.32; with align_corners=True grid point i lands on pixel i(S-1)/(g-1), up to half a "
+    "patch from its centre at the borders, and the softmax does not commute with the upsampling). "
+    "Activation: exact GELU on ViT-L-14-336 at 518 px, as the official build (CLIP(**model_cfg), "
+    "no quick_gelu, OpenAI's weights loaded into it). "
     "Precision: the adapters and the map arithmetic run in float32 (official: under CUDA fp16 "
     "autocast; the backbone still runs under fp16 autocast on CUDA as the official code). "
     "Object name in the prompts: the category name as is (as official; PGT's synthetic images "
     "carry the category of their group), or the object_name option when set. "
     "Adapters: no silent default; 'untrained' (fresh nn.Linear init) exists only for tests and "
     "smoke runs. Training (train) follows train.py (focal + dice summed over layers, "
-    "Adam lr 1e-3 betas (0.5, 0.999), batch 64, seed 111, 15 epochs on VisA / 3 on MVTec AD with "
+    "Adam lr 1e-3 betas (0.5, 0.999), batch 8 (train.sh), seed 111, 15 epochs on VisA / 3 on MVTec AD with "
     "2x2 mosaics at rate 0.2) but shuffles with numpy's generator (not torch's DataLoader), "
     "picks mosaic tiles among the dataset's test samples (official: a random defect folder, then "
     "a random file), resizes mosaic tiles of unequal size to the first tile's size, and trains "

@@ -58,9 +58,10 @@ def test_layers_and_backbone_options_are_the_official_ones():
     method = METHODS.create("adaclip", checkpoint="untrained", init_seed=2)
     extra = {"checkpoint": "untrained", "length": 5, "depth": 4, "init_seed": 2}
     assert method.backbone_options("ViT-L-14-336") == {
-        "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "extras": {AP.AdaCLIPPrompts: extra}}
+        "layers": ("block6", "block12", "block18", "block24"), "quick_gelu": False, "input_size": 518,
+        "extras": {AP.AdaCLIPPrompts: extra}}
     assert method.backbone_options("ViT-B-16") == {"layers": ("block3", "block6", "block9", "block12"),
-                                                   "extras": {AP.AdaCLIPPrompts: extra}}
+                                                   "quick_gelu": False, "extras": {AP.AdaCLIPPrompts: extra}}
     assert method.backbone_options("efficientnet-lite0") == {}
     info = method.info
     assert info.needs_auxiliary_training and not info.inter_image and info.default_backbone == "ViT-L-14-336"

@@ -99,6 +99,8 @@ DEVIATIONS = (
     "the patch grid and the protocol upsamples the map (bilinear); the official code upsamples the logits "
     "to the input size (bilinear, align_corners=True) first (resolution='input' does exactly that), and "
     "then smooths the map with a Gaussian of sigma 4 px, which is bench's 'gaussian' refiner. "
+    "Activation: exact GELU, as the official build (CLIP(**model_cfg) without quick_gelu, OpenAI's "
+    "weights loaded into it; its released checkpoints were trained on those features). "
     "HSF: k-means is sklearn's KMeans(k, n_init='auto') as official, seeded per image (random_state=0; "
     "official: numpy's global state, seeded once with 111, so an image's clusters depend on what ran "
     "before it); on grids with fewer than 5k patches k drops to the number of "
@@ -184,7 +186,7 @@ class AdaCLIP(LearnedMethod):
 
     # -- backbone
     def backbone_options(self, backbone: str) -> dict[str, object]:
-        """Every open_clip ViT: the official taps and the prompted-forward extra; 518 px on ViT-L-14-336."""
+        """Every open_clip ViT: the official taps, exact GELU and the prompted-forward extra; 518 px on ViT-L-14-336."""
         import open_clip
 
         config = open_clip.get_model_config(backbone)
@@ -192,7 +194,10 @@ class AdaCLIP(LearnedMethod):
         if not isinstance(blocks, int):
             return {}
         extra = {"checkpoint": self.checkpoint, "length": self.length, "depth": self.depth, "init_seed": self.init_seed}
-        options: dict[str, object] = {"layers": official_layers(blocks), "extras": {AdaCLIPPrompts: extra}}
+        # exact GELU: the official factory always builds CLIP(**model_cfg) (no quick_gelu) and loads
+        # OpenAI's weights into it (method/custom_clip.py create_model)
+        options: dict[str, object] = {"layers": official_layers(blocks), "quick_gelu": False,
+                                      "extras": {AdaCLIPPrompts: extra}}
         if backbone == OFFICIAL_BACKBONE:
             options["input_size"] = OFFICIAL_SIZE
         return options

@@ -179,6 +179,8 @@ class AdaCLIP(LearnedMethod):
                 "hsf": {"k_clusters": self.k_clusters, "kept_patches": f"{TOKENS_PER_CLUSTER}k",
                         "kmeans_seed": KMEANS_SEED} if self.use_hsf else "off",
                 "training": TRAINING,
+                "parity": "compared with nothing yet (official code read: caoyunkang/AdaCLIP@e27ee32b); "
+                          "max |Δ| maps not measured; image scores not measured",
             },
             paper=PAPER, arxiv=ARXIV, default_backbone=OFFICIAL_BACKBONE, deviations=DEVIATIONS,
         )

@@ -188,6 +188,8 @@ class AnomalyCLIP(LearnedMethod):
                                "block without ln_post",
                 "precision": "fp32 backbone (backbone_options; official: fp32)",
                 "training": TRAINING,
+                "parity": "compared with nothing yet (official code read: zqhang/AnomalyCLIP@45ed4dd3); "
+                          "max |Δ| maps not measured; image scores not measured",
             },
             paper=PAPER, arxiv=ARXIV, default_backbone=OFFICIAL_BACKBONE, deviations=DEVIATIONS,
             backbone_options=BACKBONE_OPTIONS,

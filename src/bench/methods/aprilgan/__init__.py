@@ -110,6 +110,8 @@ BACKBONE_OPTIONS: dict[str, dict[str, object]] = {
 }
 SCORE_CHUNK = 32  # images per adapter pass in score() (bounds the (B, P, D) intermediates)
 
+# Measured by tests/parity (the README parity table shows the same line).
+PARITY = "compared with ByChelsea/VAND-APRIL-GAN@f13b8a63; max |Δ| maps 9.7e-6; image scores 2.7e-6"
 DEVIATIONS = (
     "Map resolution: resolution='input' is the official order (the two logits upsampled to the input "
     "size, bilinear, align_corners=True, then the softmax) and reproduces the official map. The "
@@ -187,6 +189,7 @@ class APRILGAN(LearnedMethod):
                 "map": "sum over layers of softmax(100 cos(adapter(token), text))[abnormal]",
                 "image_score": "softmax(100 cos(image embedding, text))[abnormal] (zero-shot)",
                 "training": TRAINING,
+                "parity": PARITY,
             },
             paper=PAPER, arxiv=ARXIV, default_backbone=OFFICIAL_BACKBONE, deviations=DEVIATIONS,
             backbone_options=BACKBONE_OPTIONS,

@@ -209,6 +209,8 @@ class VCPCLIP(LearnedMethod):
                        "softmax(exp(tau) cos)[abnormal]",
                 "image_score": f"mean of the top {TOP_K} input-size pixels of the pre map + the same of the post map",
                 "training": TRAINING,
+                "parity": "compared with nothing yet (official code read: xiaozhen228/VCP-CLIP@4dd96ec6); "
+                          "max |Δ| maps not measured; image scores not measured",
             },
             paper=PAPER, arxiv=ARXIV, default_backbone=OFFICIAL_BACKBONE, deviations=DEVIATIONS,
         )

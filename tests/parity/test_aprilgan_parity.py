@@ -5,9 +5,9 @@ import numpy as np
 import torch
 
 from parity import recipe
-from parity.helpers import backbone, fixture
+from parity.helpers import fixture, official_backbone, score_and_upsample
 
-from bench.registry import METHODS, REFINERS
+from bench.registry import METHODS
 
 TOL = 1e-4
 
@@ -16,18 +16,7 @@ def run_bench(weights, tmp_path, backbone_options=None, **method_options):
     checkpoint = tmp_path / "adapters.pth"  # the official checkpoint format
     torch.save({"trainable_linearlayer": recipe.linear_adapters(4)}, checkpoint)
     method = METHODS.create("aprilgan", checkpoint=str(checkpoint), **method_options)
-    options = method.backbone_options("ViT-L-14-336")  # the official layers and activation...
-    options.pop("input_size")  # ...at the recipe's size
-    options.update(backbone_options or {})
-    net = backbone(weights, **options)
-    method.bind(net)
-    x = net.preprocess(recipe.images())
-    features = net.features(x)
-    features.category = "bottle"
-    out = method.score(features)
-    refiner = REFINERS.create("none")
-    refiner.bind(method.info)
-    return out, refiner.refine(x, None, out.maps)
+    return score_and_upsample(method, official_backbone(method, weights, backbone_options))
 
 
 def test_maps_and_image_scores_match_the_official_code(parity_weights, tmp_path):

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 SEED = 14
-ARCH = "parity-ViT-tiny"  # 24 blocks as ViT-L-14-336 (the official layer indices apply), 64 wide
+ARCH = "parity-ViT-tiny"  # 24 blocks as ViT-L-14-336 (its layer indices apply); 64 wide, one head (OpenAI-style builds infer width // 64)
 IMAGE_SIZE = 64  # patch 8: an 8x8 grid
 CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 24, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 12},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 12},
 }
 
 

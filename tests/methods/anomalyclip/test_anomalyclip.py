@@ -48,7 +48,7 @@ class FakeClip(fakes.FakeClip):
 
 
 def bound_fake(**options):
-    method = AC.AnomalyCLIP(checkpoint="untrained", **options)
+    method = AC.AnomalyCLIP(checkpoint="untrained", **{"resolution": "grid", **options})
     method.bind(FakeClip())
     method._text = torch.eye(2)  # the text cache: T = normal (1, 0), anomalous (0, 1)
     return method
@@ -178,7 +178,7 @@ def test_text_forward_is_clips_with_the_learned_tokens_put_in(vit):
             if index == 0:
                 x[:, 1:13] = prompts.ctx + model.positional_embedding[1:13]
             else:
-                x[:, 1:5] = prompts.deep[index - 1]
+                x[:, 1:5] = prompts.deep[index - 1].half().float()  # rounded to fp16, as official
             return (x, *args[1:]), kwargs
         return hook
 
@@ -209,7 +209,7 @@ def _images(n=3):
 
 
 def test_shapes_and_round_trip_on_a_random_vit_b32(vit, tmp_path):
-    method = METHODS.create("anomalyclip", checkpoint="untrained", init_seed=5)
+    method = METHODS.create("anomalyclip", checkpoint="untrained", init_seed=5, resolution="grid")
     method.bind(vit)
     assert method.layers == ("dpam.block3", "dpam.block6", "dpam.block9", "dpam.block12")
     features = vit.features(vit.preprocess(_images()))

@@ -24,9 +24,10 @@ Pipeline (official names in brackets):
    over the two classes and the layer's map is the anomalous probability [``(p1 + 1 - p0) / 2`` =
    p1]; the map is the sum over the layers. The official code then upsamples bilinearly to 518 px
    and smooths with a Gaussian of σ = 4 px (``scipy.ndimage.gaussian_filter``). Both are linear, so
-   the map on the patch grid (``resolution="grid"``, the default) upsampled by the protocol and
+   the map on the patch grid (``resolution="grid"``) upsampled by the protocol and
    smoothed by ``--refiner gaussian`` is the official map (up to the protocol's monotone rescale);
-   ``resolution="input"`` does both steps here.
+   ``resolution="input"`` does both steps here (the default stays ``"grid"``: trainable refiners are
+   sized by the coarse grid).
 4. Image score [``test.py``]: softmax(cos(e, T) / 0.07)[anomalous], e the official image feature:
    the last block's class token ``@ proj`` without ``ln_post`` (``dpam.embedding``).
 
@@ -105,15 +106,20 @@ BACKBONE_OPTIONS: dict[str, dict[str, object]] = {
 }
 SCORE_CHUNK = 32  # images per projection pass in score()
 
+# Measured by tests/parity (the README parity table shows the same line).
+PARITY = "compared with zqhang/AnomalyCLIP@45ed4dd3; max |Δ| maps 1.9e-6; image scores 2.2e-7"
+
 DEVIATIONS = (
-    "Map resolution: by default (resolution='grid') the summed per-layer probabilities are returned on "
-    "the patch grid; the official code upsamples them bilinearly to 518 px and smooths them with a "
-    "Gaussian of sigma 4 px. Both are linear, so '--refiner gaussian' (or resolution='input') gives the "
-    "official map; the 'none' refiner row is the unsmoothed map. "
+    "Map resolution: resolution='input' upsamples the summed per-layer probabilities bilinearly to the "
+    "input size and smooths them with a Gaussian of sigma 4 px as the official test (the official map). "
+    "The default stays 'grid' (the unsmoothed grid map; '--refiner gaussian' then gives the official map "
+    "up to the protocol's rescale) because the trainable refiners size their networks by the coarse map "
+    "(an input-size coarse map makes ARD run out of memory). "
+    "Activation: QuickGELU, as the official CLIP build (bench's default for the 'openai' tag). "
     "Position embedding at 518 px: open_clip resizes it bicubically (antialiased) when loading the "
     "weights; the official model interpolates it bilinearly at its first forward. "
-    "Deep prompts: the official text blocks cast them to fp16 before inserting them into the fp32 "
-    "stream; here they stay fp32. "
+    "Deep prompts: rounded to fp16 before they enter the fp32 text stream, as the official text "
+    "blocks do (.half()). "
     "Official checkpoints: compound_prompt_projections (unused by the official forward) and the "
     "prefix/suffix buffers are not read; the token embeddings of the two sentences are recomputed from "
     "the backbone's CLIP (identical for the same CLIP weights). "
@@ -188,8 +194,7 @@ class AnomalyCLIP(LearnedMethod):
                                "block without ln_post",
                 "precision": "fp32 backbone (backbone_options; official: fp32)",
                 "training": TRAINING,
-                "parity": "compared with nothing yet (official code read: zqhang/AnomalyCLIP@45ed4dd3); "
-                          "max |Δ| maps not measured; image scores not measured",
+                "parity": PARITY,
             },
             paper=PAPER, arxiv=ARXIV, default_backbone=OFFICIAL_BACKBONE, deviations=DEVIATIONS,
             backbone_options=BACKBONE_OPTIONS,

@@ -47,7 +47,8 @@ def encode_prompts(model: nn.Module, tokens: torch.Tensor, prompts: ObjectAgnost
     x = torch.cat([x[:, :1], prompts.ctx.to(x.dtype), x[:, 1 + n :]], dim=1) + model.positional_embedding
     for i, block in enumerate(model.transformer.resblocks):
         if 1 <= i <= len(prompts.deep):
-            deep = prompts.deep[i - 1].to(x.dtype).expand(len(x), -1, -1)
+            # rounded to fp16 as the official text blocks do (``textual_context...half()``)
+            deep = prompts.deep[i - 1].half().to(x.dtype).expand(len(x), -1, -1)
             x = torch.cat([x[:, :1], deep, x[:, 1 + deep.shape[1] :]], dim=1)
         x = block(x, attn_mask=model.attn_mask)
     x = model.ln_final(x)[torch.arange(len(x)), tokens.argmax(dim=-1)]

@@ -20,7 +20,7 @@ def backbone(weights: Path, **options: object):
     """Bench's open_clip backbone on the tiny CLIP with the recipe's weights (CPU, fp32)."""
     from bench.backbones.openclip import OpenClipBackbone
 
-    return OpenClipBackbone(recipe.ARCH, weights=str(weights), input_size=recipe.IMAGE_SIZE, precision="fp32", **options)
+    return OpenClipBackbone(recipe.ARCH, weights=str(weights), **{"input_size": recipe.IMAGE_SIZE, "precision": "fp32", **options})
 
 
 def score_and_upsample(method, net, category: str | None = "bottle"):

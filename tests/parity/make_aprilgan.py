@@ -13,7 +13,6 @@ download (the recipe's weights are loaded instead), scikit-image's PRO (not need
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recipe  # noqa: E402
+from official_env import import_script  # noqa: E402
 
 LAYERS = [6, 12, 18, 24]
 CATEGORY = "bottle"
@@ -43,15 +43,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "fixtures" / "aprilgan.npz")
     parser.add_argument("--commit", default="f13b8a634e04f9fde8fa03db125b25af5695d8e1")
     args = parser.parse_args()
-    root = args.checkout.resolve()
-    sys.path.insert(0, str(root))
     sys.modules["skimage"] = types.SimpleNamespace(measure=None)  # only its PRO uses it
-    import packaging.version
-
-    sys.modules.setdefault("pkg_resources", types.SimpleNamespace(packaging=packaging))  # setuptools-free venvs
-    spec = importlib.util.spec_from_file_location("aprilgan_test", root / "test.py")
-    official = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(official)
+    official = import_script(args.checkout.resolve(), "test.py", "aprilgan_test")
     import open_clip  # the checkout's copy (imported by test.py above)
 
     open_clip.factory._MODEL_CONFIGS[recipe.ARCH] = recipe.CONFIG

@@ -50,6 +50,14 @@ def linear_adapters(count: int, seed: int = SEED + 1) -> dict[str, torch.Tensor]
     return random_state_dict(shapes, seed=seed)
 
 
+def anomalyclip_prompts(n_ctx: int = 12, depth: int = 9, t_n_ctx: int = 4, seed: int = SEED + 2) -> dict[str, torch.Tensor]:
+    """Seeded learnable prompts in AnomalyCLIP's key names (``ctx_pos``, ``ctx_neg``, ``compound_prompts_text.<i>``)."""
+    width = CONFIG["text_cfg"]["width"]
+    shapes = {"ctx_pos": (1, 1, n_ctx, width), "ctx_neg": (1, 1, n_ctx, width)}
+    shapes.update({f"compound_prompts_text.{i}": (t_n_ctx, width) for i in range(depth - 1)})
+    return random_state_dict(shapes, seed=seed)
+
+
 def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """``{name: shape}`` of a model's state dict (its persistent floating-point tensors)."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if v.is_floating_point()}

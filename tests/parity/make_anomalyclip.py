@@ -24,18 +24,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recipe  # noqa: E402
-from official_env import import_script  # noqa: E402
+from official_env import import_script, script_args  # noqa: E402
 
 CATEGORY = "bottle"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path)
-    parser.add_argument("--out", type=Path, default=HERE / "fixtures" / "anomalyclip.npz")
-    parser.add_argument("--commit", default="45ed4dd3")
-    args = parser.parse_args()
-    official = import_script(args.checkout.resolve(), "test.py", "anomalyclip_test")
+    args = script_args(__doc__, "anomalyclip", "45ed4dd3")
+    official = import_script(args.checkout, "test.py", "anomalyclip_test")
     import AnomalyCLIP_lib
     from AnomalyCLIP_lib import model_load
     from prompt_ensemble import AnomalyCLIP_PromptLearner

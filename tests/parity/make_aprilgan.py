@@ -26,7 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recipe  # noqa: E402
-from official_env import import_script  # noqa: E402
+from official_env import import_script, script_args  # noqa: E402
 
 LAYERS = [6, 12, 18, 24]
 CATEGORY = "bottle"
@@ -38,13 +38,9 @@ def masks() -> list[np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path)
-    parser.add_argument("--out", type=Path, default=HERE / "fixtures" / "aprilgan.npz")
-    parser.add_argument("--commit", default="f13b8a634e04f9fde8fa03db125b25af5695d8e1")
-    args = parser.parse_args()
+    args = script_args(__doc__, "aprilgan", "f13b8a634e04f9fde8fa03db125b25af5695d8e1")
     sys.modules["skimage"] = types.SimpleNamespace(measure=None)  # only its PRO uses it
-    official = import_script(args.checkout.resolve(), "test.py", "aprilgan_test")
+    official = import_script(args.checkout, "test.py", "aprilgan_test")
     import open_clip  # the checkout's copy (imported by test.py above)
 
     open_clip.factory._MODEL_CONFIGS[recipe.ARCH] = recipe.CONFIG

@@ -9,8 +9,6 @@ replaced, to feed the images in memory and to catch the maps and scores the metr
 """
 from __future__ import annotations
 
-import argparse
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -22,16 +20,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recipe  # noqa: E402
+from official_env import script_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkout", type=Path)
-    parser.add_argument("--out", type=Path, default=HERE / "fixtures" / "musc.npz")
-    parser.add_argument("--commit", default="b76b93da8bd3096a99964a96ae29d46f197a0651",
-                        help="the checkout's commit, recorded in the fixture (read with git when the checkout is a work tree)")
-    args = parser.parse_args()
-    root = args.checkout.resolve()
+    args = script_args(__doc__, "musc", "b76b93da8bd3096a99964a96ae29d46f197a0651")
+    root = args.checkout
     sys.path[:0] = [str(root), str(root / "models" / "backbone")]
     caught: dict[str, np.ndarray] = {}
 
@@ -69,7 +63,6 @@ def main() -> None:
     ]
     musc.load_datasets = lambda *a, **k: items
     musc.make_category_data("bottle")
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out,
@@ -78,7 +71,7 @@ def main() -> None:
         image_scores=caught["image_scores"].astype(np.float64),
         embeddings=caught["embeddings"].astype(np.float32),
         keys=np.array(sorted(recipe.shapes_of(model))),
-        source=np.array(f"xrli-U/MuSc@{commit or args.commit}"),
+        source=np.array(f"xrli-U/MuSc@{args.commit}"),
     )
     print(f"wrote {args.out}: maps {caught['maps'].shape}, scores {caught['image_scores']}")
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.config import PGTConfig
 from bench.errors import ConfigError
 from bench.interfaces import Backbone, Method, Refiner
+from bench.ops import upsample
 from bench.records import FeatureSet, RefineBatch, ScoreOutput
 from bench.registry import REFINERS
 from bench.synth import synthesize_set
@@ -194,9 +194,7 @@ def run_pgt(
     coarse_maps = scale(coarse.maps)
     size = tuple(stream.images.shape[-2:])
     # what the method's official code evaluates (bilinear; align_corners as the method declares)
-    upsampled = F.interpolate(
-        coarse_maps[:, None].float(), size=size, mode="bilinear", align_corners=method.info.align_corners
-    )[:, 0]
+    upsampled = upsample(coarse_maps, size, align_corners=method.info.align_corners)
     for refiner in refiners.values():
         refiner.bind(method.info)
     maps = {name: upsampled.clone() for name in refiners}

@@ -39,8 +39,8 @@ import torch
 from scipy.stats import spearmanr
 from tabulate import tabulate
 
-from bench.imageio import resize_uint8
 from bench.embedded import generate
+from bench.imageio import resize_uint8
 from bench.records import FeatureSet, RefineBatch
 from bench.registry import BACKBONES, METHODS, REFINERS
 from bench.speed import best_seconds, flops_per_image, matmul_peak, synchronize

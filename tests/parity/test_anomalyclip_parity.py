@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.registry import METHODS
 from parity import recipe
 from parity.helpers import fixture, official_backbone, score_and_upsample
-
-from bench.registry import METHODS
 
 TOL = 1e-4
 # The official build is its own CLIP with QuickGELU: bench's default for the 'openai' tag on

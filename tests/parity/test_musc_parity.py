@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench.registry import METHODS
 from parity import recipe
 from parity.helpers import fixture, official_backbone, score_and_upsample
-
-from bench.registry import METHODS
 
 TOL = 1e-4
 

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.helpers import backbone, fixture, score_and_upsample
-
 from bench.registry import METHODS
+from parity.helpers import backbone, fixture, score_and_upsample
 
 TOL = 1e-4
 

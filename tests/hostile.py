@@ -16,9 +16,10 @@ def fails(args, *needles):
     """The command fails with one ``Error:`` line holding every needle; returns that line."""
     result = invoke(args)
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    shown = result.output or repr(result.exception)  # an uncaught exception leaves no output
+    assert result.exit_code != 0, shown
+    assert "Traceback" not in result.output, shown
+    assert len(lines) == 1 and lines[0].startswith("Error: "), shown
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     print(lines[0])  # shown with -s: the message each bad input gets

@@ -212,9 +212,28 @@ def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_thres
     return compute_metrics(scores, labels, order_preserving_float32(maps.numpy()), masks.numpy())
 
 
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(n_images: int, size: int) -> None:
+    """One error before any map is read when a category's maps and masks at ``size`` cannot fit in
+    RAM (float32 maps, their resize source and boolean masks: ~9 bytes a pixel). Checked here because
+    whether a huge allocation fails, and with which message, depends on the OS's overcommit policy."""
+    need, have = 9 * n_images * size * size, physical_memory()
+    if have is not None and need > have:
+        raise BenchError(f"--eval-size {size}: out of memory; {n_images} maps at {size}x{size} need "
+                         f"~{need / 2**30:,.0f} GiB, this machine has {have / 2**30:,.0f} GiB")
+
+
 def evaluate_maps(dataset: Dataset, categories: list[str], maps_root: Path, size: int, mask_threshold: float = 0.5) -> dict[str, dict[str, float]]:
     """Per-category metrics and their unweighted mean (key ``mean``)."""
     check_options(size, mask_threshold)
+    check_memory(max(len(dataset.test(c)) for c in categories), size)
     maps_root = Path(maps_root)
     if not maps_root.is_dir():
         raise BenchError(f"--maps {maps_root}: not a directory")

@@ -12,7 +12,7 @@ from bench.errors import BenchError
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full or read-only disk, wherever it is hit
 
 
-OUT_OF_MEMORY = ("can't allocate memory", "out of memory")  # torch's CPU and CUDA allocator messages
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")  # torch's CPU and CUDA allocators
 
 
 def friendly(command):

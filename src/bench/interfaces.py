@@ -150,8 +150,8 @@ class MethodInfo:
     scores_unseen_images: bool = True
     # How this method's grid maps reach pixels: bilinear upsampling with this ``align_corners``.
     # True where the official code upsamples so (MuSc: grid point i lands on pixel i·(S-1)/(g-1));
-    # the protocol and the training-free refiners (``none``, ``gaussian``, ``guided``) follow it,
-    # so that ``none`` evaluates what the official code evaluates.
+    # the protocol and the training-free refiners (``none``, ``gaussian``, ``guided``) follow it.
+    # A method whose official map is more than that upsampling returns it too (``ScoreOutput.evaluated``).
     align_corners: bool = False
 
 
@@ -194,6 +194,10 @@ class Refiner(ABC):
     """Turns coarse patch-level maps into pixel-level maps; its state carries over between groups."""
 
     trainable: bool = False
+    # True: the baseline; in every group its maps are the coarse maps as the method's official code
+    # evaluates them (``ScoreOutput.evaluated``, else the upsampled grid map), so the protocol never
+    # calls its ``refine``. Trainable refiners keep the same maps in group 1.
+    keeps_coarse: bool = False
     align_corners: bool = False  # how coarse maps are upsampled to pixels (set by ``bind``)
 
     def bind(self, method: MethodInfo) -> None:

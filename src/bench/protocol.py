@@ -90,7 +90,7 @@ def coarse_scores(method: Method, features: FeatureSet, groups: list[np.ndarray]
     if reference == "all" or not method.info.inter_image:
         return method.score(features)
     n = len(features)
-    scores, maps = torch.empty(n), None
+    scores, maps, evaluated = torch.empty(n), None, None
     seen = np.array([], dtype=int)
     for group in groups:
         seen = np.concatenate([seen, group])
@@ -98,7 +98,10 @@ def coarse_scores(method: Method, features: FeatureSet, groups: list[np.ndarray]
         rows = slice(len(seen) - len(group), len(seen))
         maps = maps if maps is not None else torch.empty((n, *out.maps.shape[1:]))
         scores[group], maps[group] = out.image_scores[rows], out.maps[rows]
-    return ScoreOutput(scores, maps)
+        if out.evaluated is not None:
+            evaluated = evaluated if evaluated is not None else torch.empty((n, *out.evaluated.shape[1:]))
+            evaluated[group] = out.evaluated[rows]
+    return ScoreOutput(scores, maps, evaluated)
 
 
 def refiner_trains(name: str) -> bool:
@@ -176,6 +179,19 @@ def coarse_scaler(maps: torch.Tensor):
     return lambda m: (m - low) / (high - low).clamp_min(1e-12)
 
 
+def evaluation_maps(coarse: ScoreOutput, method: Method, size: tuple[int, int]) -> torch.Tensor:
+    """The coarse maps as the method's official code evaluates them, at ``size``, min-max rescaled per category.
+
+    ``coarse.evaluated`` where the method gives it, else the grid maps upsampled bilinearly with the
+    method's ``align_corners``. The rescale (``coarse_scaler``) is monotone, so no metric sees it; it
+    puts the maps group 1 keeps in the range of the refined maps (and is the per-category normalisation some
+    official evaluations apply).
+    """
+    maps = coarse.evaluated if coarse.evaluated is not None else upsample(
+        coarse.maps, size, align_corners=method.info.align_corners)
+    return coarse_scaler(maps)(maps.float())
+
+
 def run_pgt(
     stream: Stream,
     coarse: ScoreOutput,
@@ -192,12 +208,10 @@ def run_pgt(
     rng = np.random.default_rng([seed, int(round(contamination * 1000))])
     scale = coarse_scaler(coarse.maps)
     coarse_maps = scale(coarse.maps)
-    size = tuple(stream.images.shape[-2:])
-    # what the method's official code evaluates (bilinear; align_corners as the method declares)
-    upsampled = upsample(coarse_maps, size, align_corners=method.info.align_corners)
+    baseline = evaluation_maps(coarse, method, tuple(stream.images.shape[-2:]))  # what the official code evaluates
     for refiner in refiners.values():
         refiner.bind(method.info)
-    maps = {name: upsampled.clone() for name in refiners}
+    maps = {name: baseline.clone() for name in refiners}
     trainable = [name for name, r in refiners.items() if r.trainable]
     scores = coarse.image_scores.numpy()
     log: list[GroupLog] = []
@@ -223,13 +237,14 @@ def run_pgt(
                 entry.train_seconds[name] = time.perf_counter() - start
             last_trained = train_on
         index = torch.as_tensor(group)
-        # without a training round yet, trainable refiners keep the coarse maps (training-free ones refine)
-        ready = {n: r for n, r in refiners.items() if train_on >= 0 or not r.trainable}
+        # without a training round yet, trainable refiners keep the coarse maps (training-free ones refine);
+        # the baseline keeps them in every group
+        ready = {n: r for n, r in refiners.items() if not r.keeps_coarse and (train_on >= 0 or not r.trainable)}
         for name, refiner in ready.items():
             start = time.perf_counter()
             refined = refiner.refine(stream.images[index], stream.features.select(index), coarse_maps[index])
             if config.fuse_coarse > 0:
-                refined = (1 - config.fuse_coarse) * refined + config.fuse_coarse * upsampled[index]
+                refined = (1 - config.fuse_coarse) * refined + config.fuse_coarse * baseline[index]
             maps[name][index] = refined.float()
             entry.refine_seconds[name] = time.perf_counter() - start
     return PGTOutput(maps=maps, groups=groups, log=log)

@@ -93,10 +93,16 @@ class FeatureSet:
 
 @dataclass
 class ScoreOutput:
-    """ZSAD output: one score per image and a coarse map at patch resolution."""
+    """ZSAD output: one score per image, a coarse map at patch resolution (what refiners consume) and,
+    where the method's official evaluation is not that map upsampled, the map it evaluates."""
 
     image_scores: torch.Tensor  # (B,)
     maps: torch.Tensor  # (B, h, w)
+    # (B, S, S) at the backbone's input size: the map the official code evaluates, where it is not the grid
+    # map upsampled (bilinear, ``MethodInfo.align_corners``): e.g. a softmax taken after the upsampling, a
+    # Gaussian smoothing. None: that upsampling is the official map. The protocol scores ``none`` (and the
+    # coarse maps group 1 keeps) on it; refiners never see it.
+    evaluated: torch.Tensor | None = None
 
 
 @dataclass

@@ -5,7 +5,7 @@ import torch
 from bench.config import PGTConfig
 from bench.errors import ConfigError
 from bench.protocol import Stream, coarse_scores, make_groups, run_pgt, select_pseudo_normals, training_batch
-from fakes import CountingRefiner
+from fakes import BrightnessMethod, CountingRefiner
 
 
 def make_stream(backbone, n=24, seed=0):
@@ -169,3 +169,50 @@ def test_none_upsamples_as_the_method_declares(tiny_backbone, brightness_method,
     assert torch.allclose(out.maps["gaussian"], gaussian_smooth(up, 2.0, 4.0), atol=1e-5)
     other = torch.nn.functional.interpolate(scaled[:, None], size=(32, 32), mode="bilinear", align_corners=not align_corners)[:, 0]
     assert (out.maps["none"] - other).abs().max() > 1e-3
+
+
+class EvaluatedMethod(BrightnessMethod):
+    """The brightness fake with an official evaluation map that is not its grid map upsampled (squared, 32 px)."""
+
+    def score(self, features, reference=None):
+        out = super().score(features, reference)
+        up = torch.nn.functional.interpolate(out.maps[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+        out.evaluated = up[:, 0] ** 2
+        return out
+
+
+def minmax(maps):
+    return (maps - maps.min()) / (maps.max() - maps.min())
+
+
+@pytest.mark.parametrize("fuse", [0.0, 0.5])
+def test_none_and_group_1_are_scored_on_the_methods_evaluation_map(tiny_backbone, fuse):
+    from bench.registry import REFINERS
+
+    method = EvaluatedMethod()
+    stream = make_stream(tiny_backbone)
+    config = PGTConfig(n_groups=3, synth_per_group=4, fuse_coarse=fuse)
+    groups = make_groups(24, config, 0)
+    coarse = coarse_scores(method, stream.features, groups, "all")
+    fake = CountingRefiner()
+    out = run_pgt(stream, coarse, groups, method, tiny_backbone, {"none": REFINERS.create("none"), "fake": fake},
+                  config, 0.0, 0)
+    evaluated = minmax(coarse.evaluated)  # the protocol's per-category rescale (monotone)
+    assert torch.allclose(out.maps["none"], evaluated, atol=1e-6)  # every group
+    assert not any("none" in log.refine_seconds for log in out.log)
+    g1, g2 = (torch.as_tensor(g) for g in out.groups[:2])
+    assert torch.allclose(out.maps["fake"][g1], evaluated[g1], atol=1e-6)  # group 1 keeps the evaluated map
+    # later groups: the refiner consumed the grid maps (rescaled), never the evaluation map
+    assert all(batch.coarse.shape[-2:] == coarse.maps.shape[-2:] for batch in fake.batches)
+    up = torch.nn.functional.interpolate(minmax(coarse.maps)[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    assert torch.allclose(out.maps["fake"][g2], (1 - fuse) * (up[g2] + 1) + fuse * evaluated[g2], atol=1e-5)
+
+
+def test_streaming_reference_keeps_the_evaluation_maps(tiny_backbone):
+    method = EvaluatedMethod()
+    stream = make_stream(tiny_backbone)
+    groups = make_groups(24, PGTConfig(n_groups=3), seed=0)
+    seen = coarse_scores(method, stream.features, groups, "seen")
+    first = torch.as_tensor(groups[0])
+    assert seen.evaluated.shape == (24, 32, 32)
+    assert torch.allclose(seen.evaluated[first], method.score(stream.features.select(first)).evaluated)

@@ -23,18 +23,38 @@ def backbone(weights: Path, **options: object):
     return OpenClipBackbone(recipe.ARCH, weights=str(weights), **{"input_size": recipe.IMAGE_SIZE, "precision": "fp32", **options})
 
 
-def score_and_upsample(method, net, category: str | None = "bottle"):
-    """Bind ``method`` to ``net`` and score the recipe's images: its output and the maps `none` evaluates."""
+def score_and_evaluate(method, net, category: str | None = "bottle"):
+    """Bind ``method`` to ``net``, score the recipe's images and run the protocol with ``none`` alone on them:
+    the method's output and the maps ``none`` is scored on (at the method's defaults)."""
+    from bench.config import PGTConfig
+    from bench.protocol import Stream, make_groups, run_pgt
     from bench.registry import REFINERS
 
     method.bind(net)
-    x = net.preprocess(recipe.images())
+    pixels = recipe.images()
+    x = net.preprocess(pixels)
     features = net.features(x)
     features.category = category
     out = method.score(features)
-    refiner = REFINERS.create("none")
-    refiner.bind(method.info)
-    return out, refiner.refine(x, features, out.maps)
+    stream = Stream(np.stack(pixels), x, features, labels=np.zeros(len(pixels), dtype=int))
+    config = PGTConfig(n_groups=2)
+    groups = make_groups(len(pixels), config, seed=0)
+    pgt = run_pgt(stream, out, groups, method, net, {"none": REFINERS.create("none")}, config, 0.0, seed=0)
+    return out, pgt.maps["none"]
+
+
+def minmax(maps: np.ndarray) -> np.ndarray:
+    """The protocol's per-category min-max rescale (monotone: no metric sees it), applied to official maps."""
+    return (maps - maps.min()) / (maps.max() - maps.min())
+
+
+def upsampled_grid(method, out) -> np.ndarray:
+    """The method's grid maps upsampled to the recipe's size as the protocol upsamples them (bilinear,
+    the method's ``align_corners``): what ``none`` would be scored on without ``evaluated``."""
+    from bench.ops import upsample
+
+    size = (recipe.IMAGE_SIZE, recipe.IMAGE_SIZE)
+    return upsample(out.maps, size, align_corners=method.info.align_corners).numpy()
 
 
 def official_backbone(method, weights: Path, overrides: dict | None = None):

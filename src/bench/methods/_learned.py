@@ -29,7 +29,6 @@ from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone, Method, MethodInfo
 
 UNTRAINED = "untrained"
-RESOLUTIONS = ("grid", "input")
 
 
 def learned_source(
@@ -95,8 +94,8 @@ class LearnedMethod(Method):
 
     checkpoint: a file (the official release or one saved by ``save``), ``"untrained"`` (fresh
     parameters: meaningless maps, tests and smoke runs only), or None (allowed only with random
-    backbone weights). resolution: ``"grid"`` (maps on the patch grid, the protocol upsamples) or
-    ``"input"`` (the official order, at the input size). init_seed: seed of the fresh parameters.
+    backbone weights). init_seed: seed of the fresh parameters. ``score`` returns maps on the patch
+    grid (what refiners consume) and the official evaluation map at the input size (``evaluated``).
     """
 
     name: ClassVar[str]  # registry name, e.g. "aprilgan"
@@ -104,13 +103,10 @@ class LearnedMethod(Method):
     checkpoint_format: ClassVar[str]  # bench's own file format, e.g. "bench.aprilgan.adapters"
     checkpoint_version: ClassVar[int] = 1
 
-    def __init__(self, checkpoint: str | Path | None, resolution: str, init_seed: int,
+    def __init__(self, checkpoint: str | Path | None, init_seed: int,
                  settings: Mapping[str, object], **info: object) -> None:
         """``settings`` and ``info`` (paper, arxiv, default_backbone, ...) complete the ``MethodInfo``."""
-        if resolution not in RESOLUTIONS:
-            raise ConfigError(f"{self.name} resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
         self.checkpoint = None if checkpoint is None else str(checkpoint)
-        self.resolution = resolution
         self.init_seed = int(init_seed)
         self.learned: nn.Module | None = None
         self.layers: tuple[str, ...] = ()
@@ -121,7 +117,7 @@ class LearnedMethod(Method):
             name=self.name,
             needs_auxiliary_training=True,
             settings={"checkpoint": self.checkpoint or "required (untrained with --weights random)", **settings,
-                      "resolution": self.resolution, "init_seed": self.init_seed},
+                      "init_seed": self.init_seed},
             **info,
         )
 

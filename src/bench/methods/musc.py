@@ -28,7 +28,8 @@ Pipeline (official code in brackets):
 3. Maps: mean over layers, then over r [``anomaly_maps_l.mean(0)``, ``anomaly_maps_r.mean(0)``],
    returned at grid resolution; the protocol upsamples them bilinearly with ``align_corners=True``
    to the input size, as the official code [``F.interpolate(..., size=img_size, mode='bilinear',
-   align_corners=True)``] (``MethodInfo.align_corners``).
+   align_corners=True)``] (``MethodInfo.align_corners``), which evaluates that map unsmoothed: it is
+   what ``none`` is scored on (no ``ScoreOutput.evaluated`` needed).
 4. Image score: the max of that upsampled map [``anomaly_maps.reshape(B, -1).max(-1)``; with
    ``align_corners=True`` only the four corner cells land on a pixel, so it is not the grid max],
    then RsCIN (``models/modules/_RsCIN.py``): W = E Eᵀ of the L2-normalised global embeddings;
@@ -403,7 +404,8 @@ class MuSc(Method):
                 "rscin": self.use_rscin,
                 "rscin_k": list(self.rscin_k),
                 "chunk": self.chunk if self.chunk is not None else "auto",
-                "map_resolution": "grid (the protocol upsamples)",
+                "map_resolution": "grid (the protocol upsamples; the official evaluation is that upsampled map, "
+                                  "unsmoothed: 'none' is scored on it)",
                 "upsampling": f"bilinear, align_corners={self.align_corners}"
                 + (" (official)" if self.align_corners else " (patch-centred; official: True)"),
                 "rscin_ties": "zero the n-k smallest similarities per row (official)",

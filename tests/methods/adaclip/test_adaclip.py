@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 from clip_helpers import assert_missing_weights_named, assert_runs
 from fakes import TinyBackbone
 
@@ -70,8 +71,6 @@ def test_layers_and_backbone_options_are_the_official_ones():
     assert training == (0.01, (0.5, 0.999), 5, 1, 111)
     assert (M.K_CLUSTERS, M.TOKENS_PER_CLUSTER, M.HSF_ALPHA, M.LOGIT_SCALE) == (20, 5, 0.2, 100.0)
     assert "adaclip" in METHODS.names() and "adaclip" in METHODS.resolve("all")
-    with pytest.raises(ConfigError, match="resolution"):
-        METHODS.create("adaclip", resolution="pixels")
     with pytest.raises(ConfigError, match="k_clusters"):
         METHODS.create("adaclip", k_clusters=0)
 
@@ -263,11 +262,9 @@ def test_score_wires_the_pinned_formulas(bound):
     torch.testing.assert_close(method.score(features, reference=features).maps, out.maps)
     alone = method.score(features.select([1]))
     torch.testing.assert_close(alone.maps, out.maps[1:], atol=1e-5, rtol=1e-5)
-    method.resolution = "input"
-    try:
-        assert method.score(features).maps.shape == (2, 64, 64)
-    finally:
-        method.resolution = "grid"
+    # test.py: the mean logits upsampled to the input size before the softmax, then gaussian_filter(sigma=4)
+    smoothed = gaussian_filter(M.anomaly_map(logits, (2, 2), 64).numpy(), sigma=4, axes=(1, 2))
+    np.testing.assert_allclose(out.evaluated.numpy(), smoothed, atol=1e-5)
     method.use_hsf = False
     try:
         torch.testing.assert_close(method.score(features).image_scores, M.image_logits(image, text).softmax(-1)[:, 1])

@@ -48,7 +48,7 @@ class FakeClip(fakes.FakeClip):
 
 
 def bound_fake(**options):
-    method = AC.AnomalyCLIP(checkpoint="untrained", **{"resolution": "grid", **options})
+    method = AC.AnomalyCLIP(checkpoint="untrained", **options)
     method.bind(FakeClip())
     method._text = torch.eye(2)  # the text cache: T = normal (1, 0), anomalous (0, 1)
     return method
@@ -101,11 +101,10 @@ def test_map_and_image_score_by_hand():
     assert torch.equal(method.score(_features(), reference=_features()).maps, method.score(_features()).maps)
 
 
-def test_input_resolution_is_the_official_upsample_sum_and_gaussian():
-    grid = bound_fake().score(_features()).maps
-    method = bound_fake(resolution="input")
-    maps = method.score(_features()).maps
-    assert maps.shape == (1, 8, 8)
+def test_the_evaluated_map_is_the_official_upsample_sum_and_gaussian():
+    out = bound_fake().score(_features())
+    grid, maps = out.maps, out.evaluated
+    assert grid.shape == (1, 2, 2) and maps.shape == (1, 8, 8)
     # test.py: each layer's probabilities upsampled (bilinear, align_corners=False) to the input size,
     # the anomalous channel summed over layers, then scipy's gaussian_filter with sigma 4
     official = 0
@@ -209,7 +208,7 @@ def _images(n=3):
 
 
 def test_shapes_and_round_trip_on_a_random_vit_b32(vit, tmp_path):
-    method = METHODS.create("anomalyclip", checkpoint="untrained", init_seed=5, resolution="grid")
+    method = METHODS.create("anomalyclip", checkpoint="untrained", init_seed=5)
     method.bind(vit)
     assert method.layers == ("dpam.block3", "dpam.block6", "dpam.block9", "dpam.block12")
     features = vit.features(vit.preprocess(_images()))
@@ -343,8 +342,6 @@ def test_backbone_and_option_errors_are_config_errors():
         METHODS.create("anomalyclip", checkpoint="untrained").bind(FakeClip(text_blocks=4))
     with pytest.raises(ConfigError, match="bind"):
         METHODS.create("anomalyclip", checkpoint="untrained").score(_features())
-    with pytest.raises(ConfigError, match="resolution"):
-        METHODS.create("anomalyclip", resolution="pixels")
     with pytest.raises(ConfigError, match="prompt_length"):
         METHODS.create("anomalyclip", prompt_length=0)
     method = bound_fake()
@@ -364,4 +361,4 @@ def test_info_and_registration():
     assert method.backbone_options("ViT-B-16") == {"precision": "fp32", "extras": {DPAM: {}}}
     assert method.backbone_options("efficientnet_lite0") == {}
     assert info.settings["temperature"] == 0.07 and info.settings["deep_depth"] == 9
-    assert "gaussian" in info.deviations and "anomalyclip" in METHODS.resolve("all")
+    assert "sigma 4" in info.deviations and "anomalyclip" in METHODS.resolve("all")

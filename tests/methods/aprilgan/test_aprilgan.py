@@ -142,24 +142,20 @@ def test_map_is_the_sum_over_layers_of_the_abnormal_softmax_by_hand():
     assert torch.equal(method.score(features, reference=features.select([0])).maps, out.maps)
 
 
-def test_input_resolution_follows_the_official_order():
-    method, _ = bound_fake(resolution="input")
+def test_the_evaluated_map_follows_the_official_order():
+    method, _ = bound_fake()
     set_linear(method, "block1", [[1, 0], [0, 1]], [0, 0])
     set_linear(method, "block2", [[1, 0], [0, 1]], [0, 0])
     features = FeatureSet({"block1": _grid(TOKENS), "block2": _grid(TOKENS)}, torch.ones(1, 2), category="tile")
-    maps = method.score(features).maps
-    assert maps.shape == (1, 8, 8)
+    out = method.score(features)
+    maps = out.evaluated
+    assert out.maps.shape == (1, 2, 2) and maps.shape == (1, 8, 8)
     # align_corners=True keeps the patch values at the corners; both layers are the identity
     corners = [maps[0, 0, 0], maps[0, 0, -1], maps[0, -1, 0], maps[0, -1, -1]]
     for value, x in zip(corners, TOKENS):
         assert value.item() == pytest.approx(2 * hand_abnormal(x), abs=1e-5)
     # the softmax comes after the upsampling: at the centre the logits are averaged first
     logits = [100 * (x[1] - x[0]) / math.hypot(*x) for x in TOKENS]
-    grid = A.APRILGAN(checkpoint="untrained")
-    grid.bind(FakeClip())
-    set_linear(grid, "block1", [[1, 0], [0, 1]], [0, 0])
-    set_linear(grid, "block2", [[1, 0], [0, 1]], [0, 0])
-    assert grid.score(features).maps.shape == (1, 2, 2)
     centre = torch.nn.functional.interpolate(torch.tensor(logits).view(1, 1, 2, 2), size=(8, 8), mode="bilinear",
                                              align_corners=True)
     assert torch.allclose(maps[0], 2 * torch.sigmoid(centre[0, 0]), atol=1e-5)
@@ -264,8 +260,6 @@ def test_non_clip_backbone_and_bad_options_are_config_errors():
         method.bind(TinyBackbone())
     with pytest.raises(ConfigError, match="bind"):
         method.score(FeatureSet({"pool4": torch.zeros(1, 3, 2, 2)}, torch.zeros(1, 3), category="x"))
-    with pytest.raises(ConfigError, match="resolution"):
-        METHODS.create("aprilgan", checkpoint="untrained", resolution="pixels")
 
 
 def test_info_and_registration():
@@ -276,7 +270,7 @@ def test_info_and_registration():
     assert method.backbone_options("ViT-L-14-336") == {
         "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "quick_gelu": False}
     assert method.backbone_options("ViT-B-32") == {}
-    assert method.resolution == "grid" and TRAIN_BATCH_SIZE == 8  # refiners take grid maps; train.sh's batch
+    assert TRAIN_BATCH_SIZE == 8  # train.sh's batch
     assert "softmax" in info.deviations and info.settings["logit_scale"] == 100.0
     assert "aprilgan" in METHODS.resolve("all")  # untrained under --weights random, else skipped or an error
 
@@ -324,8 +318,7 @@ def test_shapes_on_a_random_vit_b32(vit):
     assert out.maps.min() >= 0 and out.maps.max() <= 4 and torch.isfinite(out.maps).all()
     assert ((out.image_scores > 0) & (out.image_scores < 1)).all()
     assert method.text("tile").shape == (512, 2)
-    method.resolution = "input"  # same method and text: the official order at the input size
-    assert method.score(features).maps.shape == (3, 96, 96)
+    assert out.evaluated.shape == (3, 96, 96)  # the official order at the input size
 
 
 def test_adapter_checkpoint_round_trip(vit, tmp_path):

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 from bench.methods import vcpclip as V
 from bench.methods.vcpclip import model as M
 from bench.methods.vcpclip.embedding import VcpEmbedding
@@ -191,11 +192,9 @@ def test_maps_and_image_scores_by_hand(tiny, monkeypatch):
     params = method.learned
     features = _features(tiny)
     text = _np(method.text(features.layers["vcp_embedding"].flatten(1)))
-    grid = method.score(features)
-    method.resolution = "input"
-    full = method.score(features)
+    out = method.score(features)
     size, u = tiny.input_size, _upsample_matrix(4, tiny.input_size)
-    assert grid.maps.shape == (2, 4, 4) and full.maps.shape == (2, size, size)
+    assert out.maps.shape == (2, 4, 4) and out.evaluated.shape == (2, size, size)
     for i in range(2):
         coarse = {"pre": [], "post": []}
         fine = {"pre": [], "post": []}
@@ -206,14 +205,15 @@ def test_maps_and_image_scores_by_hand(tiny, monkeypatch):
                 up = np.stack([u @ z[k] @ u.T for k in range(2)])
                 fine[name].append(1 / (1 + np.exp(up[0] - up[1])))
         pre, post = np.mean(coarse["pre"], axis=0), np.mean(coarse["post"], axis=0)
-        assert np.allclose(_np(grid.maps[i]), 0.2 * pre + 0.8 * post, atol=1e-5)
+        assert np.allclose(_np(out.maps[i]), 0.2 * pre + 0.8 * post, atol=1e-5)
         pre, post = np.mean(fine["pre"], axis=0), np.mean(fine["post"], axis=0)
-        assert np.allclose(_np(full.maps[i]), 0.2 * pre + 0.8 * post, atol=1e-5)
+        # test.py: the fused input-size map smoothed by scipy's gaussian_filter, sigma 8 (min-max: the protocol's)
+        smoothed = gaussian_filter((0.2 * pre + 0.8 * post).astype(np.float32), sigma=8)
+        assert np.allclose(_np(out.evaluated[i]), smoothed, atol=1e-5)
         score = np.sort(pre.ravel())[-10:].mean() + np.sort(post.ravel())[-10:].mean()
-        assert grid.image_scores[i].item() == pytest.approx(score, abs=1e-5)
-        assert full.image_scores[i].item() == pytest.approx(score, abs=1e-5)
+        assert out.image_scores[i].item() == pytest.approx(score, abs=1e-5)
     # per-image: the reference set is ignored
-    assert torch.equal(method.score(features, reference=features.select([0])).maps, full.maps)
+    assert torch.equal(method.score(features, reference=features.select([0])).evaluated, out.evaluated)
 
 
 def test_top_mean_takes_every_pixel_when_there_are_fewer():
@@ -333,8 +333,6 @@ def test_backbone_requirements_and_options_are_config_errors(tiny):
         METHODS.create("vcpclip", checkpoint="untrained").bind(plain)
     with pytest.raises(ConfigError, match="bind"):
         METHODS.create("vcpclip", checkpoint="untrained").score(_features(tiny))
-    with pytest.raises(ConfigError, match="resolution"):
-        METHODS.create("vcpclip", resolution="pixels")
     method = _bound(tiny)
     with pytest.raises(ConfigError, match="vcp_embedding"):
         features = _features(tiny)
@@ -353,7 +351,7 @@ def test_info_registration_and_backbone_options():
     assert METHODS.create("vcpclip", quick_gelu=True).backbone_options("ViT-B-16")["quick_gelu"] is True
     assert method.backbone_options("efficientnet-lite0") == {}
     assert "vcpclip" in METHODS.resolve("all")
-    assert "gaussian" in info.deviations and "resolution='input'" in info.deviations
+    assert "sigma 8" in info.deviations and "'none' is scored on the official map" in info.deviations
 
 
 # --------------------------------------------------------------------------- training

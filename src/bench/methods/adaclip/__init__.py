@@ -23,7 +23,10 @@ ViT-L-14-336 with OpenAI weights at 518 px, taps at blocks 6/12/18/24 (``depth /
 3. Patch logits [``patch_token_layer``]: ``z_l = normalise(P_l t_l)`` (``P_l``: width → embed_dim,
    one per layer), ``logits_l = 100 · z_l T``, 2 per patch.
 4. Map [``visual_text_similarity``, ``aggregation=True``]: the softmax of the mean over layers of
-   ``logits_l``, abnormal channel (the official ``(p1 + 1 - p0) / 2`` equals ``p1``).
+   ``logits_l``, abnormal channel (the official ``(p1 + 1 - p0) / 2`` equals ``p1``), on the patch
+   grid: what refiners consume. The official code evaluates the mean logits upsampled to the input
+   size (bilinear, ``align_corners=True``) before the softmax, smoothed with a Gaussian of σ = 4 px
+   [``test.py``]: ``score`` returns that map as ``evaluated`` (what ``none`` is scored on).
 5. Image score with hybrid semantic fusion [``HybridSemanticFusion``: the code's "upgraded"
    version, which differs from the paper's description]: ``a = softmax(mean_l logits_l)[1]`` per
    patch; the ``5k`` patches with the largest ``a`` (k = 20); k-means into k clusters on their
@@ -81,6 +84,7 @@ from bench.methods.adaclip.model import (
 from bench.methods.adaclip.train import TRAINING
 from bench.methods.adaclip.visual import NAME as EXTRA
 from bench.methods.adaclip.visual import AdaCLIPPrompts
+from bench.ops import gaussian_smooth
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
 
@@ -93,12 +97,13 @@ ARXIV = "2407.15795"
 OFFICIAL_BACKBONE = "ViT-L-14-336"
 OFFICIAL_SIZE = 518
 SCORE_CHUNK = 16  # images per pass in score() (each encodes its own 48 prompted sentences)
+SIGMA = 4.0  # test.py: gaussian_filter(anomaly_map, sigma=4) at the input size
 
 DEVIATIONS = (
-    "Map resolution: by default (resolution='grid') the softmax of the layer-averaged logits is taken on "
-    "the patch grid and the protocol upsamples the map (bilinear); the official code upsamples the logits "
-    "to the input size (bilinear, align_corners=True) first (resolution='input' does exactly that), and "
-    "then smooths the map with a Gaussian of sigma 4 px, which is bench's 'gaussian' refiner. "
+    "Maps: 'none' is scored on the official map (the layer-averaged logits upsampled to the input size, "
+    "bilinear, align_corners=True, then the softmax, then a Gaussian of sigma 4 px; the protocol's "
+    "per-category min-max rescale on top, monotone); the refiners consume the map with the softmax on "
+    "the patch grid, unsmoothed. "
     "Activation: exact GELU, as the official build (CLIP(**model_cfg) without quick_gelu, OpenAI's "
     "weights loaded into it; its released checkpoints were trained on those features). "
     "HSF: k-means is sklearn's KMeans(k, n_init='auto') as official, seeded per image (random_state=0; "
@@ -135,7 +140,6 @@ class AdaCLIP(LearnedMethod):
     by ``train`` / ``method.save``, or ``"untrained"`` (meaningless maps: tests and smoke runs); None is allowed
     only with random backbone weights.
     object_name: object name in the prompts (default: the category name).
-    resolution: ``"grid"`` (softmax per patch, the protocol upsamples) or ``"input"`` (official order).
     use_hsf: image score with hybrid semantic fusion (official) or from the image feature alone.
     k_clusters, length, depth: HSF clusters (20), prompt length (5), prompting depth (4).
     init_seed: seed of the untrained initialisation.
@@ -149,7 +153,6 @@ class AdaCLIP(LearnedMethod):
         self,
         checkpoint: str | Path | None = None,
         object_name: str | None = None,
-        resolution: str = "grid",
         use_hsf: bool = True,
         k_clusters: int = K_CLUSTERS,
         length: int = OFFICIAL_LENGTH,
@@ -165,7 +168,7 @@ class AdaCLIP(LearnedMethod):
         self.depth = int(depth)
         self.extra: AdaCLIPPrompts | None = None
         super().__init__(
-            checkpoint, resolution, init_seed,
+            checkpoint, init_seed,
             settings={
                 "prompts": f"hybrid (static + dynamic), length {self.length}, depth {self.depth}, visual and text",
                 "sentences": f"{len(NORMAL_STATES)} normal + {len(ABNORMAL_STATES)} abnormal states x "
@@ -173,7 +176,10 @@ class AdaCLIP(LearnedMethod):
                 "object_name": self.prompts.object_name or "category name",
                 "layers": "blocks depth/4 x (1, 2, 3, 4) (6/12/18/24 on ViT-L-14-336 at 518 px)",
                 "logit_scale": LOGIT_SCALE,
-                "map": "softmax(mean over layers of 100 cos(P_l t_l, T))[abnormal]",
+                "map": "softmax(mean over layers of 100 cos(P_l t_l, T))[abnormal], softmax on the patch grid "
+                       "(what refiners consume)",
+                "evaluated_map": f"official: the mean logits upsampled to the input size (bilinear, align_corners=True) "
+                                 f"before the softmax, then a Gaussian of sigma {SIGMA} px ('none' is scored on it)",
                 "image_score": f"softmax(100 cos(g, T))[abnormal], g = normalise({HSF_ALPHA} HSF + "
                                f"{1 - HSF_ALPHA:.1f} C v)" if self.use_hsf else "softmax(100 cos(C v, T))[abnormal]",
                 "hsf": {"k_clusters": self.k_clusters, "kept_patches": f"{TOKENS_PER_CLUSTER}k",
@@ -294,15 +300,16 @@ class AdaCLIP(LearnedMethod):
             )
         names = [self.prompts.object_for(features.category)] * len(features)
         side = tuple(features.layers[f"adaclip_{self.layers[0]}"].shape[-2:])
-        size = int(self.backbone.input_size) if self.resolution == "input" else None
-        maps, scores = [], []
+        size = int(self.backbone.input_size)
+        maps, evaluated, scores = [], [], []
         with torch.no_grad():
             for start in range(0, len(features), SCORE_CHUNK):
                 rows = slice(start, start + SCORE_CHUNK)
                 part = {name: features.layers[name][rows].to(self.device, torch.float32) for name in channels}
                 logits, image = self.logits(part, names[rows])
-                maps.append(anomaly_map(logits, side, size).float().cpu())
+                maps.append(anomaly_map(logits, side).float().cpu())
+                evaluated.append(gaussian_smooth(anomaly_map(logits, side, size).cpu(), SIGMA))
                 scores.append(image.softmax(dim=-1)[:, 1].float().cpu())
         if not maps:
-            return ScoreOutput(torch.zeros(0), torch.zeros(0, *((size, size) if size else side)))
-        return ScoreOutput(image_scores=torch.cat(scores), maps=torch.cat(maps))
+            return ScoreOutput(torch.zeros(0), torch.zeros(0, *side), torch.zeros(0, size, size))
+        return ScoreOutput(image_scores=torch.cat(scores), maps=torch.cat(maps), evaluated=torch.cat(evaluated))

@@ -22,12 +22,10 @@ Pipeline (official names in brackets):
 3. Map [``compute_similarity``, ``get_similarity_map``, ``test.py``]: per tapped layer the V-V patch
    tokens go through ``ln_post`` and ``proj`` and are L2-normalised; p = softmax(cos(z, T) / 0.07)
    over the two classes and the layer's map is the anomalous probability [``(p1 + 1 - p0) / 2`` =
-   p1]; the map is the sum over the layers. The official code then upsamples bilinearly to 518 px
-   and smooths with a Gaussian of σ = 4 px (``scipy.ndimage.gaussian_filter``). Both are linear, so
-   the map on the patch grid (``resolution="grid"``) upsampled by the protocol and
-   smoothed by ``--refiner gaussian`` is the official map (up to the protocol's monotone rescale);
-   ``resolution="input"`` does both steps here (the default stays ``"grid"``: trainable refiners are
-   sized by the coarse grid).
+   p1]; the map is the sum over the layers, on the patch grid: what refiners consume. The official
+   code evaluates it upsampled bilinearly (``align_corners=False``) to 518 px and smoothed with a
+   Gaussian of σ = 4 px (``scipy.ndimage.gaussian_filter``): ``score`` returns that map as
+   ``evaluated`` (what ``none`` is scored on).
 4. Image score [``test.py``]: softmax(cos(e, T) / 0.07)[anomalous], e the official image feature:
    the last block's class token ``@ proj`` without ``ln_post`` (``dpam.embedding``).
 
@@ -110,11 +108,10 @@ SCORE_CHUNK = 32  # images per projection pass in score()
 PARITY = "compared with zqhang/AnomalyCLIP@45ed4dd3; max |Δ| maps 1.9e-6; image scores 2.2e-7"
 
 DEVIATIONS = (
-    "Map resolution: resolution='input' upsamples the summed per-layer probabilities bilinearly to the "
-    "input size and smooths them with a Gaussian of sigma 4 px as the official test (the official map). "
-    "The default stays 'grid' (the unsmoothed grid map; '--refiner gaussian' then gives the official map "
-    "up to the protocol's rescale) because the trainable refiners size their networks by the coarse map "
-    "(an input-size coarse map makes ARD run out of memory). "
+    "Maps: 'none' is scored on the official map (the summed per-layer probabilities upsampled bilinearly "
+    "to the input size, smoothed with a Gaussian of sigma 4 px; the protocol's per-category min-max "
+    "rescale on top, monotone); the refiners consume the unsmoothed map on the patch grid (the trainable "
+    "refiners size their networks by the coarse map; an input-size coarse map makes ARD run out of memory). "
     "Activation: QuickGELU, as the official CLIP build (bench's default for the 'openai' tag). "
     "Position embedding at 518 px: open_clip resizes it bicubically (antialiased) when loading the "
     "weights; the official model interpolates it bilinearly at its first forward. "
@@ -153,8 +150,6 @@ class AnomalyCLIP(LearnedMethod):
 
     checkpoint: the prompts: the official checkpoint (epoch_15.pth), a file saved by ``train`` /
     ``method.save``, or ``"untrained"`` for fresh prompts (meaningless maps: tests and smoke runs only). Required.
-    resolution: ``"grid"`` (default) maps on the patch grid; ``"input"`` upsampled to the input size
-    and smoothed (σ = 4 px) as the official test.
     prompt_length, deep_depth, deep_length: official 12, 9, 4 (``--n_ctx``, ``--depth``, ``--t_n_ctx``).
     init_seed: seed of the ``"untrained"`` initialisation.
     """
@@ -166,7 +161,6 @@ class AnomalyCLIP(LearnedMethod):
     def __init__(
         self,
         checkpoint: str | Path | None = None,
-        resolution: str = "grid",
         prompt_length: int = PROMPT_LENGTH,
         deep_depth: int = DEEP_DEPTH,
         deep_length: int = DEEP_LENGTH,
@@ -180,7 +174,7 @@ class AnomalyCLIP(LearnedMethod):
         self._tokens: torch.Tensor | None = None
         self._text: torch.Tensor | None = None
         super().__init__(
-            checkpoint, resolution, init_seed,
+            checkpoint, init_seed,
             settings={
                 "sentences": f"'X x{prompt_length} {OBJECT}.' / 'X x{prompt_length} damaged {OBJECT}.' "
                              "(object-agnostic, the X's are learned context vectors)",
@@ -189,7 +183,8 @@ class AnomalyCLIP(LearnedMethod):
                 "layers": "ViT-L-14-336 at 518 px: V-V (DPAM) tokens of blocks 6/12/18/24, V-V path from block 6 "
                           "(others: the backbone's default layers, path from the shallowest)",
                 "map": "sum over layers of softmax(cos(proj(ln_post(z)), T) / 0.07)[anomalous]",
-                "smoothing": f"Gaussian sigma {SIGMA} px at the input size (resolution='input' or --refiner gaussian)",
+                "evaluated_map": f"official: the map upsampled to the input size (bilinear), then a Gaussian of "
+                                 f"sigma {SIGMA} px ('none' is scored on it)",
                 "image_score": "softmax(cos(class token @ proj, T) / 0.07)[anomalous], class token of the last "
                                "block without ln_post",
                 "precision": "fp32 backbone (backbone_options; official: fp32)",
@@ -279,7 +274,6 @@ class AnomalyCLIP(LearnedMethod):
         h, w = features.layers[self.layers[0]].shape[-2:]
         empty = ScoreOutput(torch.zeros(0), torch.zeros(0, h, w))
         out = ScoreOutput(torch.cat(scores), torch.cat(maps)) if maps else empty
-        if self.resolution == "input":
-            size = int(self.backbone.input_size)
-            out.maps = gaussian_smooth(upsample(out.maps, (size, size), align_corners=False), SIGMA)
+        size = int(self.backbone.input_size)
+        out.evaluated = gaussian_smooth(upsample(out.maps, (size, size), align_corners=False), SIGMA)
         return out

@@ -23,10 +23,9 @@ Pipeline (official code in brackets):
    layer is the abnormal channel of the softmax over the two logits; the map is the **sum** over
    layers [``np.sum(anomaly_maps, axis=0)`` in ``test.py``], so it lies in [0, n_layers].
    The official code upsamples the logits bilinearly (``align_corners=True``) to the input size
-   *before* the softmax; ``resolution="input"`` does exactly that;
-   ``resolution="grid"`` (the default: trainable refiners are sized by the coarse grid) takes the
-   softmax on the patch grid and leaves the upsampling to the protocol (not the official map: see
-   DEVIATIONS).
+   *before* the softmax and evaluates that map (no smoothing) [``test.py``]: ``score`` returns it as
+   ``evaluated`` (what ``none`` is scored on), and the map with the softmax on the patch grid as the
+   coarse map refiners consume (trainable refiners are sized by the coarse grid).
 3. Image score (zero-shot mode): CLIP's own zero-shot probability of the abnormal class,
    ``softmax(100 · e T)[1]`` with e the L2-normalised projected image embedding
    [``text_probs[0][1]`` in ``test.py``]; the map is not used for it.
@@ -113,13 +112,12 @@ SCORE_CHUNK = 32  # images per adapter pass in score() (bounds the (B, P, D) int
 # Measured by tests/parity (the README parity table shows the same line).
 PARITY = "compared with ByChelsea/VAND-APRIL-GAN@f13b8a63; max |Δ| maps 9.9e-6; image scores 2.8e-6"
 DEVIATIONS = (
-    "Map resolution: resolution='input' is the official order (the two logits upsampled to the input "
-    "size, bilinear, align_corners=True, then the softmax) and reproduces the official map. The "
-    "default stays 'grid' because the trainable refiners size their networks by the coarse map (an "
-    "input-size coarse map makes ARD run out of memory); it takes the softmax on the patch grid and "
-    "lets the protocol upsample (bilinear, align_corners=False): not the official map (on the parity recipe "
-    "max |diff| 0.37; with align_corners=True grid point i lands on pixel i(S-1)/(g-1), up to half a "
-    "patch from its centre at the borders, and the softmax does not commute with the upsampling). "
+    "Maps: 'none' is scored on the official map (the two logits upsampled to the input size, bilinear, "
+    "align_corners=True, then the softmax; the protocol's per-category min-max rescale on top, monotone). "
+    "The refiners consume another map, the softmax taken on the patch grid (the trainable refiners size "
+    "their networks by the coarse map; an input-size coarse map makes ARD run out of memory); upsampled, "
+    "it is not the official map (on the parity recipe max |diff| 0.37: the softmax does not commute with "
+    "the upsampling). "
     "Activation: exact GELU on ViT-L-14-336 at 518 px, as the official build (CLIP(**model_cfg), "
     "no quick_gelu, OpenAI's weights loaded into it). "
     "Precision: the adapters and the map arithmetic run in float32 (official: under CUDA fp16 "
@@ -160,8 +158,6 @@ class APRILGAN(LearnedMethod):
     Required.
     object_name: the object name put in the prompts for every image (default: each batch's
     category name, as the official code uses its class names).
-    resolution: ``"grid"`` (default) maps at the patch grid, softmax per patch; ``"input"`` the
-    official order, logits upsampled to the backbone's input size before the softmax.
     init_seed: seed of the ``"untrained"`` initialisation.
     """
 
@@ -173,12 +169,11 @@ class APRILGAN(LearnedMethod):
         self,
         checkpoint: str | Path | None = None,
         object_name: str | None = None,
-        resolution: str = "grid",
         init_seed: int = 0,
     ) -> None:
         self.prompts: ObjectPrompts[torch.Tensor] = ObjectPrompts("aprilgan", object_name)  # text embeddings
         super().__init__(
-            checkpoint, resolution, init_seed,
+            checkpoint, init_seed,
             settings={
                 "prompts": f"{len(NORMAL_STATES)} normal + {len(ABNORMAL_STATES)} abnormal states x "
                            f"{len(TEMPLATES)} templates; per class mean of normalised embeddings, normalised",
@@ -186,7 +181,10 @@ class APRILGAN(LearnedMethod):
                 "logit_scale": LOGIT_SCALE,
                 "layers": "ViT-L-14-336: blocks 6/12/18/24 at 518 px (others: the backbone's default)",
                 "adapter": "nn.Linear(width, embed_dim) per layer, tokens before ln_post, class token dropped",
-                "map": "sum over layers of softmax(100 cos(adapter(token), text))[abnormal]",
+                "map": "sum over layers of softmax(100 cos(adapter(token), text))[abnormal], softmax on the "
+                       "patch grid (what refiners consume)",
+                "evaluated_map": "official: the logits upsampled to the input size (bilinear, align_corners=True), "
+                                 "then the softmax; no smoothing ('none' is scored on it)",
                 "image_score": "softmax(100 cos(image embedding, text))[abnormal] (zero-shot)",
                 "training": TRAINING,
                 "parity": PARITY,
@@ -243,17 +241,16 @@ class APRILGAN(LearnedMethod):
                 f"(features have {', '.join(features.layers) or 'none'})"
             )
         text = self.text(self.prompts.object_for(features.category))
-        size = int(self.backbone.input_size) if self.resolution == "input" else None
-        n = len(features)
-        maps, scores = [], []
+        size = int(self.backbone.input_size)
+        maps, evaluated, scores = [], [], []
         with torch.no_grad():
-            for start in range(0, n, SCORE_CHUNK):
+            for start in range(0, len(features), SCORE_CHUNK):
                 rows = slice(start, start + SCORE_CHUNK)
                 layers = {name: features.layers[name][rows].to(self.device, torch.float32) for name in adapters.layers}
-                maps.append(anomaly_maps(layers, adapters, text, size).float().cpu())
+                maps.append(anomaly_maps(layers, adapters, text).float().cpu())
+                evaluated.append(anomaly_maps(layers, adapters, text, size).float().cpu())
                 scores.append(abnormal_probability(features.embedding[rows].to(self.device), text).float().cpu())
         if not maps:
             h, w = features.layers[adapters.layers[0]].shape[-2:]
-            side = (size, size) if size is not None else (h, w)
-            return ScoreOutput(torch.zeros(0), torch.zeros(0, *side))
-        return ScoreOutput(image_scores=torch.cat(scores), maps=torch.cat(maps))
+            return ScoreOutput(torch.zeros(0), torch.zeros(0, h, w), torch.zeros(0, size, size))
+        return ScoreOutput(image_scores=torch.cat(scores), maps=torch.cat(maps), evaluated=torch.cat(evaluated))

@@ -33,10 +33,11 @@ Pipeline (official code in brackets), ViT-L-14-336 at 518 px, blocks 6/12/18/24 
    L2-normalised: ``T'`` ``(2, width)``; logits ``exp(τ2) · x T'ᵀ`` (τ2 learned)
    [``prompt_temp_l1``]. One module shared by all layers.
 5. Maps: per branch, the mean over layers of the abnormal softmax probability; the map is
-   ``0.2 · pre + 0.8 · post`` [``alpha = 0.2`` in ``calcuate_metric``]. The official code upsamples
-   the logits to the input size (bilinear, ``align_corners=True``) before the softmax:
-   ``resolution="input"`` does that, ``"grid"`` (default) softmaxes on the patch grid and leaves
-   the upsampling to the protocol, as every coarse map in bench.
+   ``0.2 · pre + 0.8 · post`` [``alpha = 0.2`` in ``calcuate_metric``], softmax on the patch grid:
+   what refiners consume. The official code evaluates another map [``test.py``]: the logits upsampled
+   to the input size (bilinear, ``align_corners=True``) before the softmax, the fused map smoothed
+   with a Gaussian of σ = 8 px and min-max normalised per category. ``score`` returns it up to the
+   normalisation as ``evaluated``; the protocol's per-category min-max rescale is that normalisation.
 6. Image score [``calcuate_metric``]: at the input size, the mean of the 2000 largest pixels of the
    pre map plus the same of the post map (all pixels if there are fewer).
 
@@ -123,6 +124,7 @@ from bench.methods.vcpclip.model import (
     layer_logits, prompted_text, top_mean,
 )
 from bench.methods.vcpclip.train import TRAINING
+from bench.ops import gaussian_smooth
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
 
@@ -133,6 +135,7 @@ OFFICIAL_BACKBONE = "ViT-L-14-336"
 OFFICIAL_LAYERS = ("block6", "block12", "block18", "block24")  # --features_list 6 12 18 24
 OFFICIAL_SIZE = 518
 SCORE_CHUNK = 16  # images per pass in score() (bounds the input-size probability maps)
+SIGMA = 8.0  # test.py: gaussian_filter(sigma=8, axes=(1, 2)) of the fused map at the input size
 
 CHECKPOINT_HELP = (
     "Two ways: (1) the official released checkpoint of xiaozhen228/VCP-CLIP (train_visa.pth, trained "
@@ -143,14 +146,12 @@ CHECKPOINT_HELP = (
 )
 
 DEVIATIONS = (
-    "Map resolution: by default (resolution='grid') the softmax is taken on the patch grid and the "
-    "map returned at grid resolution for the protocol to upsample; the official code upsamples the "
-    "logits to the input size (bilinear, align_corners=True) first, which resolution='input' "
-    "reproduces. The image score is always computed the official way, at the input size. "
-    "Post-processing left out of the method: the official Gaussian smoothing of the map (sigma 8 "
-    "px at 518) is the 'gaussian' refiner (sigma=8), and the per-category min-max normalisation "
-    "of maps and scores is monotone within a category (no effect on per-category metrics) and "
-    "needs the whole category. Pre-VCP's unnormalised image embedding comes from a second pass "
+    "Maps: 'none' is scored on the official map (logits upsampled to the input size, bilinear, "
+    "align_corners=True, then the softmax; the fused map smoothed with a Gaussian of sigma 8 px; "
+    "min-max normalised per category, which is the protocol's rescale); the refiners consume the map "
+    "with the softmax on the patch grid, unsmoothed. The image score is computed the official way, at "
+    "the input size, but not min-max normalised per category (monotone within a category: no effect "
+    "on per-category metrics). Pre-VCP's unnormalised image embedding comes from a second pass "
     "of the image tower (backbone extra 'vcp_embedding': same value, twice the feature time). "
     "Precision: the learned parts, the prompted text tower and the map arithmetic run in float32 "
     "(official: CUDA fp16 autocast; the backbone's image pass still uses fp16 autocast on CUDA). "
@@ -177,8 +178,6 @@ class VCPCLIP(LearnedMethod):
 
     checkpoint: the official checkpoint (train_visa.pth / train_mvtec.pth), a file saved by ``train`` /
     ``method.save``, or ``"untrained"`` (meaningless maps: tests and smoke runs only). Required.
-    resolution: ``"grid"`` (default) maps on the patch grid; ``"input"`` the official order, logits
-    upsampled to the input size before the softmax.
     quick_gelu: the CLIP activation asked of the backbone (official: False, exact GELU).
     init_seed: seed of the ``"untrained"`` initialisation.
     """
@@ -190,14 +189,13 @@ class VCPCLIP(LearnedMethod):
     def __init__(
         self,
         checkpoint: str | Path | None = None,
-        resolution: str = "grid",
         quick_gelu: bool = False,
         init_seed: int = 0,
     ) -> None:
         self.quick_gelu = bool(quick_gelu)
         self._tokens: torch.Tensor | None = None
         super().__init__(
-            checkpoint, resolution, init_seed,
+            checkpoint, init_seed,
             settings={
                 "prompts": f"{PROMPTS[0]!r} / {PROMPTS[1]!r} + {N_CONTEXT} Pre-VCP category tokens; "
                            f"{N_PROMPT} deep text prompt token per text block (dropout {PROMPT_DROPOUT} in training)",
@@ -206,7 +204,10 @@ class VCPCLIP(LearnedMethod):
                 "pre_vcp": "query + Conv1d(1->2, k3)(unnormalised image embedding)",
                 "post_vcp": f"{POST_HEADS}-head text->patch attention, no 1/sqrt(d) scaling, normalised",
                 "map": f"{ALPHA} * pre + {1 - ALPHA} * post; each the mean over layers of "
-                       "softmax(exp(tau) cos)[abnormal]",
+                       "softmax(exp(tau) cos)[abnormal], softmax on the patch grid (what refiners consume)",
+                "evaluated_map": f"official: logits upsampled to the input size (bilinear, align_corners=True) "
+                                 f"before the softmax, the fused map smoothed by a Gaussian of sigma {SIGMA} px, "
+                                 f"min-max normalised per category by the protocol ('none' is scored on it)",
                 "image_score": f"mean of the top {TOP_K} input-size pixels of the pre map + the same of the post map",
                 "training": TRAINING,
                 "parity": "compared with nothing yet (official code read: xiaozhen228/VCP-CLIP@4dd96ec6); "
@@ -280,17 +281,15 @@ class VCPCLIP(LearnedMethod):
         """Maps and image scores of each image (``reference`` is ignored: per-image method)."""
         params = self.require_bound()
         size = int(self.backbone.input_size)
-        maps, scores = [], []
+        maps, evaluated, scores = [], [], []
         with torch.no_grad():
             for start in range(0, len(features), SCORE_CHUNK):
                 logits = self.logits(features.select(slice(start, start + SCORE_CHUNK)))
                 pre, post = branch_maps(logits, size)
                 scores.append((top_mean(pre, TOP_K) + top_mean(post, TOP_K)).cpu())
-                if self.resolution == "grid":
-                    pre, post = branch_maps(logits)
-                maps.append(fuse(pre, post).cpu())
+                evaluated.append(gaussian_smooth(fuse(pre, post).cpu(), SIGMA))
+                maps.append(fuse(*branch_maps(logits)).cpu())
         if not maps:
             h, w = features.layers[params.layers[0]].shape[-2:]
-            side = (size, size) if self.resolution == "input" else (h, w)
-            return ScoreOutput(torch.zeros(0), torch.zeros(0, *side))
-        return ScoreOutput(image_scores=torch.cat(scores), maps=torch.cat(maps))
+            return ScoreOutput(torch.zeros(0), torch.zeros(0, h, w), torch.zeros(0, size, size))
+        return ScoreOutput(image_scores=torch.cat(scores), maps=torch.cat(maps), evaluated=torch.cat(evaluated))

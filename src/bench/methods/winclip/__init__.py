@@ -82,7 +82,8 @@ DEVIATIONS = (
     "Preprocessing: PIL bicubic resize of the uint8 image to 240x240 (anomalib: torchvision's "
     "antialiased bicubic resize of the float image), then the same CLIP mean/std. "
     "Maps are returned at patch-grid resolution for the protocol to upsample (bilinear, "
-    "align_corners=False, as anomalib's F.interpolate). Only zero-shot WinCLIP: the few-shot "
+    "align_corners=False, as anomalib's F.interpolate, which applies no smoothing): 'none' is scored on "
+    "anomalib's map (up to the protocol's per-category min-max rescale, monotone). Only zero-shot WinCLIP: the few-shot "
     "WinCLIP+ (reference association with normal images) is not implemented."
 )
 

@@ -26,7 +26,8 @@ ViT-L-14-336 with OpenAI weights at 518 px, taps at blocks 6/12/18/24 (``depth /
    ``logits_l``, abnormal channel (the official ``(p1 + 1 - p0) / 2`` equals ``p1``), on the patch
    grid: what refiners consume. The official code evaluates the mean logits upsampled to the input
    size (bilinear, ``align_corners=True``) before the softmax, smoothed with a Gaussian of σ = 4 px
-   [``test.py``]: ``score`` returns that map as ``evaluated`` (what ``none`` is scored on).
+   [``method/trainer.py`` ``evaluation``, called by ``test.py``]: ``score`` returns that map as
+   ``evaluated`` (what ``none`` is scored on).
 5. Image score with hybrid semantic fusion [``HybridSemanticFusion``: the code's "upgraded"
    version, which differs from the paper's description]: ``a = softmax(mean_l logits_l)[1]`` per
    patch; the ``5k`` patches with the largest ``a`` (k = 20); k-means into k clusters on their
@@ -97,7 +98,7 @@ ARXIV = "2407.15795"
 OFFICIAL_BACKBONE = "ViT-L-14-336"
 OFFICIAL_SIZE = 518
 SCORE_CHUNK = 16  # images per pass in score() (each encodes its own 48 prompted sentences)
-SIGMA = 4.0  # test.py: gaussian_filter(anomaly_map, sigma=4) at the input size
+SIGMA = 4.0  # method/trainer.py evaluation (test.py dataset mode): gaussian_filter(anomaly_map, sigma=4) at the input size
 
 DEVIATIONS = (
     "Maps: 'none' is scored on the official map (the layer-averaged logits upsampled to the input size, "

@@ -85,7 +85,7 @@ def test_streaming_reference_scores_each_group_against_the_groups_seen(tiny_back
 
 def run_fake(backbone, method, warmup="none", seed=0, contamination=0.0):
     stream = make_stream(backbone)
-    config = PGTConfig(n_groups=3, synth_per_group=4, warmup=warmup)
+    config = PGTConfig(n_groups=3, synth_per_group=4, warmup=warmup, fuse_coarse=0.0)  # the refined maps alone
     groups = make_groups(24, config, seed)
     coarse = coarse_scores(method, stream.features, groups, "all")
     refiner = CountingRefiner()
@@ -158,7 +158,7 @@ def test_none_upsamples_as_the_method_declares(tiny_backbone, brightness_method,
     method = type(brightness_method)()
     method.info = replace(brightness_method.info, align_corners=align_corners)
     stream = make_stream(tiny_backbone)
-    config = PGTConfig(n_groups=3, synth_per_group=4)
+    config = PGTConfig(n_groups=3, synth_per_group=4, fuse_coarse=0.0)  # gaussian's own map, unfused
     groups = make_groups(24, config, 0)
     coarse = coarse_scores(method, stream.features, groups, "all")
     refiners = {"none": REFINERS.create("none"), "gaussian": REFINERS.create("gaussian", sigma=2)}

@@ -4,16 +4,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.cache import file_digest
-from bench.errors import ConfigError
 from bench.interfaces import Backbone, Dataset
-from bench.methods._clip.auxiliary import (
-    AuxiliaryBatch, AuxiliaryData, check_training, dice_loss_from_probs, fit_on_auxiliary, focal_loss_from_probs,
-    official_setting, training_meta,
-)
+from bench.methods._clip.auxiliary import AuxiliaryBatch, dice_loss_from_probs, focal_loss_from_probs
+from bench.methods._clip.training import start_training
 from bench.methods.adaclip.checkpoint import parameters_digest
 from bench.methods.adaclip.model import grid_logits
 from bench.ops import upsample
@@ -83,13 +79,10 @@ def train(
     """
     from bench.methods.adaclip import AdaCLIP
 
-    if not isinstance(method, AdaCLIP):
-        raise ConfigError(f"adaclip train: trains an AdaCLIP method, got {type(method).__name__}")
-    data = AuxiliaryData.open(dataset, categories)
-    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "adaclip train", "mosaic_rate", 0.0))
-    check_training("adaclip train", epochs, batch_size, lr, rate, max_steps)
-    head = method.bound_to(backbone)
-    extra = method.extra
+    run = start_training(method, AdaCLIP, backbone, dataset, categories, epochs=epochs, lr=lr, batch_size=batch_size,
+                         seed=seed, max_steps=max_steps, progress=progress, mosaic_rate=mosaic_rate,
+                         official={"mosaic_rate": OFFICIAL_MOSAIC_RATE})
+    head, extra = run.module, method.extra
     side = (backbone.grid, backbone.grid)
 
     def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
@@ -98,14 +91,10 @@ def train(
         return training_loss(logits, image, batch.masks.to(method.device), batch.labels.to(method.device), side)
 
     modules = (extra.prompts, head)
-    optimizer = torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=float(lr), betas=TRAIN_BETAS)
-    losses = fit_on_auxiliary(modules, optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
-                              size=int(backbone.input_size), mosaic_rate=rate, rng=np.random.default_rng(int(seed)),
-                              max_steps=max_steps, progress=progress, desc="adaclip prompts")
+    optimizer = torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=run.lr, betas=TRAIN_BETAS)
+    losses = run.fit(modules, optimizer, step_loss, desc="adaclip prompts")
     extra.source = {"trained_sha256": parameters_digest(extra.prompts)}  # a new feature-cache identity
-    meta = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
-                         mosaic_rate=rate, seed=int(seed))
-    saved = method.record_training(meta, save)
+    saved = run.record(losses, save)
     if saved is not None:
         extra.source = {"checkpoint_sha256": file_digest(saved)}
     return losses

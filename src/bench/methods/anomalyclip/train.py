@@ -4,16 +4,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import ConfigError
 from bench.interfaces import Backbone, Dataset
-from bench.methods._clip.auxiliary import (
-    AuxiliaryBatch, AuxiliaryData, check_training, dice_loss_from_probs, fit_on_auxiliary, focal_loss_from_probs,
-    training_meta,
-)
+from bench.methods._clip.auxiliary import AuxiliaryBatch, dice_loss_from_probs, focal_loss_from_probs
+from bench.methods._clip.training import start_training
 from bench.methods.anomalyclip.model import class_probabilities, image_logits
 from bench.ops import upsample
 
@@ -75,13 +71,9 @@ def train(
     """
     from bench.methods.anomalyclip import AnomalyCLIP
 
-    if not isinstance(method, AnomalyCLIP):
-        raise ConfigError(f"anomalyclip train: trains an AnomalyCLIP method, got {type(method).__name__}")
-    check_training("anomalyclip train", epochs, batch_size, lr, max_steps=max_steps)
-    data = AuxiliaryData.open(dataset, categories)
-    prompts = method.bound_to(backbone)
-    size = int(backbone.input_size)
-    device = method.device
+    run = start_training(method, AnomalyCLIP, backbone, dataset, categories, epochs=epochs, lr=lr,
+                         batch_size=batch_size, seed=seed, max_steps=max_steps, progress=progress)
+    prompts, size, device = run.module, run.size, method.device
 
     def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
         features = backbone.features(backbone.preprocess(batch.images))
@@ -90,11 +82,8 @@ def train(
         probs = [upsample(class_probabilities(t, text), (size, size), align_corners=False) for t in tokens]
         return training_loss(probs, image_logits(embedding, text), batch.masks.to(device), batch.labels.to(device))
 
-    optimizer = torch.optim.Adam(prompts.parameters(), lr=float(lr), betas=TRAIN_BETAS)
+    optimizer = torch.optim.Adam(prompts.parameters(), lr=run.lr, betas=TRAIN_BETAS)
     method.forget_text()  # the prompts change: text() encodes them again
-    losses = fit_on_auxiliary([prompts], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
-                              size=size, mosaic_rate=0.0, rng=np.random.default_rng(int(seed)), max_steps=max_steps,
-                              progress=progress, desc="anomalyclip prompts")
-    trained = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size), seed=int(seed))
-    method.record_training(trained, save)
+    losses = run.fit([prompts], optimizer, step_loss, desc="anomalyclip prompts")
+    run.record(losses, save)
     return losses

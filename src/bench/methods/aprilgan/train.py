@@ -4,15 +4,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bench.errors import ConfigError
 from bench.interfaces import Backbone, Dataset
-from bench.methods._clip.auxiliary import (
-    AuxiliaryBatch, AuxiliaryData, check_training, dice_loss_from_probs, fit_on_auxiliary, focal_loss_from_probs,
-    official_setting, training_meta,
-)
+from bench.methods._clip.auxiliary import AuxiliaryBatch, dice_loss_from_probs, focal_loss_from_probs
+from bench.methods._clip.training import start_training
 from bench.methods.aprilgan.model import layer_logits
 from bench.ops import upsample
 
@@ -60,15 +56,10 @@ def train(
     """
     from bench.methods.aprilgan import APRILGAN
 
-    if not isinstance(method, APRILGAN):
-        raise ConfigError(f"aprilgan train: trains an APRIL-GAN method, got {type(method).__name__}")
-    data = AuxiliaryData.open(dataset, categories)
-    epochs = official_setting(epochs, OFFICIAL_EPOCHS, data, "aprilgan train", "epochs")
-    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "aprilgan train", "mosaic_rate", 0.0))
-    check_training("aprilgan train", epochs, batch_size, lr, rate, max_steps)
-    adapters = method.bound_to(backbone)
-    size = int(backbone.input_size)
-    device = method.device
+    run = start_training(method, APRILGAN, backbone, dataset, categories, epochs=epochs, lr=lr, batch_size=batch_size,
+                         seed=seed, max_steps=max_steps, progress=progress, mosaic_rate=mosaic_rate,
+                         official={"epochs": OFFICIAL_EPOCHS, "mosaic_rate": OFFICIAL_MOSAIC_RATE})
+    adapters, size, device = run.module, run.size, method.device
 
     def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
         gt = batch.masks.to(device)
@@ -81,11 +72,7 @@ def train(
             loss = loss + focal_loss_from_probs(probs, gt) + dice_loss_from_probs(probs[:, 1], gt)
         return loss
 
-    optimizer = torch.optim.Adam(adapters.parameters(), lr=float(lr), betas=TRAIN_BETAS)
-    losses = fit_on_auxiliary([adapters], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
-                              size=size, mosaic_rate=rate, rng=np.random.default_rng(int(seed)), max_steps=max_steps,
-                              progress=progress, desc="aprilgan adapters")
-    meta = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
-                         mosaic_rate=rate, seed=int(seed))
-    method.record_training(meta, save)
+    optimizer = torch.optim.Adam(adapters.parameters(), lr=run.lr, betas=TRAIN_BETAS)
+    losses = run.fit([adapters], optimizer, step_loss, desc="aprilgan adapters")
+    run.record(losses, save)
     return losses

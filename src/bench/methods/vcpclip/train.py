@@ -12,12 +12,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from bench.errors import ConfigError
 from bench.interfaces import Backbone, Dataset
-from bench.methods._clip.auxiliary import (
-    AuxiliaryBatch, AuxiliaryData, check_training, dice_loss_from_probs, fit_on_auxiliary, focal_loss_from_probs,
-    official_setting, training_meta,
-)
+from bench.methods._clip.auxiliary import AuxiliaryBatch, AuxiliaryData, dice_loss_from_probs, focal_loss_from_probs
+from bench.methods._clip.training import start_training
 from bench.methods.vcpclip.model import probabilities
 
 TRAIN_LR = {"visa": 4e-5, "mvtec": 2e-5}  # train.sh, per auxiliary dataset
@@ -122,17 +119,12 @@ def train(
     """
     from bench.methods.vcpclip import VCPCLIP
 
-    if not isinstance(method, VCPCLIP):
-        raise ConfigError(f"vcpclip train: trains a VCP-CLIP method, got {type(method).__name__}")
-    data = AuxiliaryData.open(dataset, categories)
-    lr = official_setting(lr, TRAIN_LR, data, "vcpclip train", "lr")
-    rate = float(official_setting(mosaic_rate, OFFICIAL_MOSAIC_RATE, data, "vcpclip train", "mosaic_rate", 0.0))
-    check_training("vcpclip train", epochs, batch_size, lr, rate, max_steps)
-    if rate > 0:
-        data = _anomalous_pools(data)
-    params = method.bound_to(backbone)
-    size = int(backbone.input_size)
-    rng = np.random.default_rng(int(seed))  # the order, the mosaics and the augmentations
+    run = start_training(method, VCPCLIP, backbone, dataset, categories, epochs=epochs, lr=lr, batch_size=batch_size,
+                         seed=seed, max_steps=max_steps, progress=progress, mosaic_rate=mosaic_rate,
+                         official={"lr": TRAIN_LR, "mosaic_rate": OFFICIAL_MOSAIC_RATE})
+    if run.mosaic_rate:
+        run.data = _anomalous_pools(run.data)
+    params, size, rng = run.module, run.size, run.rng  # rng: the order, the mosaics and the augmentations
     torch.manual_seed(int(seed))  # the prompt dropout
 
     def step_loss(batch: AuxiliaryBatch) -> torch.Tensor:
@@ -150,12 +142,8 @@ def train(
 
     temperatures = [params.pre.log_scale, params.post.log_scale]
     others = [p for p in params.parameters() if all(p is not t for t in temperatures)]
-    optimizer = torch.optim.Adam([{"params": others, "lr": float(lr)}, {"params": temperatures, "lr": TEMPERATURE_LR}],
+    optimizer = torch.optim.Adam([{"params": others, "lr": run.lr}, {"params": temperatures, "lr": TEMPERATURE_LR}],
                                  betas=TRAIN_BETAS)
-    losses = fit_on_auxiliary([params], optimizer, data, step_loss, epochs=int(epochs), batch_size=int(batch_size),
-                              size=size, mosaic_rate=rate, rng=rng, max_steps=max_steps, progress=progress,
-                              desc="vcpclip")
-    trained = training_meta(data, losses, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
-                            mosaic_rate=rate, augmentation=bool(augmentation), seed=int(seed))
-    method.record_training(trained, save)
+    losses = run.fit([params], optimizer, step_loss, desc="vcpclip")
+    run.record(losses, save, augmentation=bool(augmentation))
     return losses

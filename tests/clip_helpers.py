@@ -1,10 +1,37 @@
-"""`bench run` smoke checks shared by the CLIP method tests: one method alone, through the CLI, on a
-random-weight ViT-B-32 and the synthetic dataset."""
+"""What the CLIP method tests share: `bench run` smoke checks (one method alone, through the CLI, on a
+random-weight ViT-B-32 and the synthetic dataset), a fixture with fewer prompt templates, and the
+information every learned CLIP method declares."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 from click.testing import CliRunner, Result
+
+from bench.interfaces import MethodInfo
+
+
+def few_templates_fixture(*modules: ModuleType) -> Callable[[], Iterator[None]]:
+    """A module-scoped fixture that keeps only the first of each module's ``TEMPLATES``: a prompt ensemble
+    takes ~40 s to encode on one CPU thread."""
+
+    @pytest.fixture(scope="module")
+    def few_templates() -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as patch:
+            for module in modules:
+                patch.setattr(module, "TEMPLATES", module.TEMPLATES[:1])
+            yield
+
+    return few_templates
+
+
+def assert_learned_clip_info(info: MethodInfo, arxiv: str) -> None:
+    """A learned CLIP method: trained on an auxiliary dataset, per image, scores unseen images, official
+    backbone ViT-L-14-336; its paper is ``arxiv``."""
+    assert info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
+    assert info.default_backbone == "ViT-L-14-336" and info.arxiv == arxiv
 
 
 def bench_run(method: str, root: Path, out: Path, *options: str) -> Result:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
-from clip_helpers import assert_missing_weights_named, assert_runs
+from clip_helpers import assert_missing_weights_named, assert_runs, few_templates_fixture
 from fakes import TinyBackbone
 
 from bench.errors import ConfigError, WeightsError
@@ -28,11 +28,7 @@ from bench.registry import BACKBONES, METHODS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def few_templates():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(M, "TEMPLATES", M.TEMPLATES[:1])
-        yield
+few_templates = few_templates_fixture(M)
 
 
 def sigmoid(x: float) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from clip_helpers import assert_missing_weights_named, assert_runs
+from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs
 import fakes
 from fakes import TinyBackbone
 from scipy.ndimage import gaussian_filter
@@ -353,8 +353,7 @@ def test_backbone_and_option_errors_are_config_errors():
 def test_info_and_registration():
     method = METHODS.create("anomalyclip")
     info = method.info
-    assert info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
-    assert info.default_backbone == "ViT-L-14-336" and info.arxiv == "2310.18961"
+    assert_learned_clip_info(info, "2310.18961")
     assert method.backbone_options("ViT-L-14-336") == {
         "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "precision": "fp32",
         "extras": {DPAM: {"start": "block6"}}}

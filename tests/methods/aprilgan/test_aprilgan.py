@@ -18,7 +18,7 @@ from bench.methods._clip.adapters import linear_layers_from_official
 from bench.methods._clip.auxiliary import dice_loss_from_probs, focal_loss_from_probs
 from bench.methods.aprilgan import model as M
 from bench.methods.aprilgan.train import TRAIN_BATCH_SIZE, train
-from clip_helpers import assert_missing_weights_named, assert_runs
+from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs, few_templates_fixture
 import fakes
 from fakes import RandomTextEncoder, TinyBackbone
 
@@ -30,11 +30,7 @@ from bench.registry import METHODS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def few_templates():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(M, "TEMPLATES", M.TEMPLATES[:1])
-        yield
+few_templates = few_templates_fixture(M)
 
 
 # --------------------------------------------------------------------------- a fake CLIP
@@ -265,8 +261,7 @@ def test_non_clip_backbone_and_bad_options_are_config_errors():
 def test_info_and_registration():
     method = METHODS.create("aprilgan", checkpoint="untrained")
     info = method.info
-    assert info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
-    assert info.default_backbone == "ViT-L-14-336" and info.arxiv == "2305.17382"
+    assert_learned_clip_info(info, "2305.17382")
     assert method.backbone_options("ViT-L-14-336") == {
         "layers": ("block6", "block12", "block18", "block24"), "input_size": 518, "quick_gelu": False}
     assert method.backbone_options("ViT-B-32") == {}

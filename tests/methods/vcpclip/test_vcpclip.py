@@ -18,7 +18,7 @@ from bench.methods import vcpclip as V
 from bench.methods.vcpclip import model as M
 from bench.methods.vcpclip.embedding import VcpEmbedding
 from bench.methods.vcpclip.train import augment, train
-from clip_helpers import assert_missing_weights_named, assert_runs
+from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs
 from fakes import TinyBackbone, registered_tiny_vit
 
 from bench.backbones.openclip import OpenClipBackbone
@@ -342,8 +342,7 @@ def test_backbone_requirements_and_options_are_config_errors(tiny):
 def test_info_registration_and_backbone_options():
     method = METHODS.create("vcpclip", checkpoint="untrained")
     info = method.info
-    assert info.needs_auxiliary_training and not info.inter_image and info.scores_unseen_images
-    assert info.default_backbone == "ViT-L-14-336" and info.arxiv == "2407.12276"
+    assert_learned_clip_info(info, "2407.12276")
     assert method.backbone_options("ViT-L-14-336") == {
         "quick_gelu": False, "extras": {VcpEmbedding: {}},
         "layers": ("block6", "block12", "block18", "block24"), "input_size": 518}

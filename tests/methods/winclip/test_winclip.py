@@ -14,7 +14,7 @@ import pytest
 import torch
 from bench.methods import winclip as W
 from bench.methods.winclip.windows import WindowEmbeddings
-from clip_helpers import assert_runs
+from clip_helpers import assert_runs, few_templates_fixture
 import fakes
 from fakes import RandomTextEncoder, TinyBackbone
 
@@ -25,11 +25,7 @@ from bench.registry import BACKBONES, METHODS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def few_templates():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(W, "TEMPLATES", W.TEMPLATES[:1])
-        yield
+few_templates = few_templates_fixture(W)
 
 
 # --------------------------------------------------------------------------- a fake CLIP

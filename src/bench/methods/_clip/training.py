@@ -74,6 +74,17 @@ def start_training(
 ) -> Training:
     """Check and resolve a ``kind`` method's training arguments, open ``dataset`` and bind ``method`` to ``backbone``.
 
+    The arguments every learned method's ``train`` takes, and means the same:
+    method: its current parameters are the starting point (create it with ``checkpoint="untrained"``
+    to train from scratch, as the official code does); it is bound to ``backbone`` first when it is
+    not already, and after training it scores with the new parameters.
+    dataset: a bench Dataset or a dataset root (``bench.data.open_dataset``); the field's convention:
+    parameters trained on VisA for testing on MVTec AD, and the reverse.
+    categories: the categories trained on (default: all, shuffled together).
+    save (``Training.record``): write the trained parameters there (``method.save``), loadable with
+    ``checkpoint=PATH``. max_steps: stop after this many optimiser steps (None: all epochs).
+    progress: a progress bar.
+
     official: per option (``epochs``, ``lr``, ``mosaic_rate``) the official value per auxiliary dataset
     name, used when the argument is None (``bench.methods._clip.auxiliary.official_setting``; a
     ``mosaic_rate`` without one is 0). A method without ``official["mosaic_rate"]`` makes no mosaics.

@@ -150,16 +150,9 @@ class AdaCLIP(LearnedMethod):
     checkpoint_help = CHECKPOINT_HELP
     checkpoint_format = FORMAT
 
-    def __init__(
-        self,
-        checkpoint: str | Path | None = None,
-        object_name: str | None = None,
-        use_hsf: bool = True,
-        k_clusters: int = K_CLUSTERS,
-        length: int = OFFICIAL_LENGTH,
-        depth: int = OFFICIAL_DEPTH,
-        init_seed: int = 0,
-    ) -> None:
+    def __init__(self, checkpoint: str | Path | None = None, object_name: str | None = None, use_hsf: bool = True,
+                 k_clusters: int = K_CLUSTERS, length: int = OFFICIAL_LENGTH, depth: int = OFFICIAL_DEPTH,
+                 init_seed: int = 0) -> None:
         if int(k_clusters) < 1 or int(length) < 1 or int(depth) < 1:
             raise ConfigError(f"adaclip k_clusters, length and depth must be >= 1, got {k_clusters}, {length}, {depth}")
         self.prompts: ObjectPrompts[torch.Tensor] = ObjectPrompts("adaclip", object_name)  # token ids

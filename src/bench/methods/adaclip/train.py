@@ -71,11 +71,8 @@ def train(
     backbone's extra), the text prompts, the patch and image projections, with gradients through
     the frozen towers; loss ``training_loss``; AdamW, lr 0.01, betas (0.5, 0.999), batch 1,
     5 epochs, seed 111; 2x2 mosaics at rate 0.2 on MVTec AD (``mosaic_rate``: None = official).
-    method: starting point (``checkpoint="untrained"`` to train from scratch); bound to
-    ``backbone`` first if needed, and scores with the new parameters afterwards.
-    dataset: a bench Dataset or a root; the field's convention: VisA to test on MVTec AD, MVTec AD
-    to test on VisA. save: write the result there (``method.save``), loadable as ``checkpoint``.
-    max_steps: stop after this many optimiser steps. Returns the loss of every step.
+    The other arguments (method, backbone, dataset, categories, save, max_steps, progress): as every
+    learned method's ``train`` (``bench.methods._clip.training``). Returns the loss of every step.
     """
     from bench.methods.adaclip import AdaCLIP
 

@@ -158,14 +158,8 @@ class AnomalyCLIP(LearnedMethod):
     checkpoint_help = PROMPTS_HELP
     checkpoint_format = FORMAT
 
-    def __init__(
-        self,
-        checkpoint: str | Path | None = None,
-        prompt_length: int = PROMPT_LENGTH,
-        deep_depth: int = DEEP_DEPTH,
-        deep_length: int = DEEP_LENGTH,
-        init_seed: int = 0,
-    ) -> None:
+    def __init__(self, checkpoint: str | Path | None = None, prompt_length: int = PROMPT_LENGTH,
+                 deep_depth: int = DEEP_DEPTH, deep_length: int = DEEP_LENGTH, init_seed: int = 0) -> None:
         self.prompt_shape = {"prompt_length": int(prompt_length), "deep_depth": int(deep_depth),
                              "deep_length": int(deep_length)}
         for name, value in self.prompt_shape.items():

@@ -58,16 +58,11 @@ def train(
     max_steps: int | None = None,
     progress: bool = False,
 ) -> list[float]:
-    """Train ``method``'s prompts on an auxiliary dataset's test images and masks (official ``train.py``).
+    """Train an AnomalyCLIP method's prompts on an auxiliary dataset's test images and masks (official ``train.py``).
 
-    method: an AnomalyCLIP method; its current prompts are the start (``checkpoint="untrained"`` to
-    train from scratch, as official). Bound to ``backbone`` first when it is not already.
-    dataset: a bench Dataset or a root; the convention: VisA prompts for MVTec AD and the reverse.
-    categories: those trained on (default: all, shuffled together).
-    epochs, lr, batch_size, seed: official 15, 1e-3, 8, 111 (Adam, betas (0.5, 0.999)).
-    save: write the trained prompts there (``method.save``), loadable with ``checkpoint=PATH``.
-    max_steps: stop after this many optimiser steps (None: all epochs).
-    Returns the loss of every step.
+    epochs, lr, batch_size, seed: official 15, 1e-3, 8, 111 (Adam, betas (0.5, 0.999)); no mosaics.
+    The other arguments (method, backbone, dataset, categories, save, max_steps, progress): as every
+    learned method's ``train`` (``bench.methods._clip.training``). Returns the loss of every step.
     """
     from bench.methods.anomalyclip import AnomalyCLIP
 

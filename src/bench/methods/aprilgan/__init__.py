@@ -165,12 +165,8 @@ class APRILGAN(LearnedMethod):
     checkpoint_help = ADAPTERS_HELP
     checkpoint_format = FORMAT
 
-    def __init__(
-        self,
-        checkpoint: str | Path | None = None,
-        object_name: str | None = None,
-        init_seed: int = 0,
-    ) -> None:
+    def __init__(self, checkpoint: str | Path | None = None, object_name: str | None = None,
+                 init_seed: int = 0) -> None:
         self.prompts: ObjectPrompts[torch.Tensor] = ObjectPrompts("aprilgan", object_name)  # text embeddings
         super().__init__(
             checkpoint, init_seed,

@@ -38,21 +38,14 @@ def train(
     max_steps: int | None = None,
     progress: bool = False,
 ) -> list[float]:
-    """Train ``method``'s adapters on an auxiliary dataset's test images and masks (official ``train.py``).
+    """Train an APRIL-GAN method's adapters on an auxiliary dataset's test images and masks (official ``train.py``).
 
-    method: an APRIL-GAN method; its current adapters are the starting point (create it with
-    ``checkpoint="untrained"`` to train from scratch, as the official code does). It is bound to
-    ``backbone`` first when it is not already; after training it scores with the new adapters.
-    dataset: a bench Dataset or a dataset root (opened with ``bench.data.open_dataset``); the
-    field's convention: VisA adapters for testing on MVTec AD, MVTec AD adapters for VisA.
-    categories: the categories trained on (default: all, shuffled together).
     epochs: None = official for the dataset (15 on VisA, 3 on MVTec AD; required otherwise).
     lr, batch_size, seed: official 1e-3, 8 (train.sh), 111 (Adam with betas (0.5, 0.999)).
     mosaic_rate: probability of replacing a sample by a 2x2 mosaic of its category; None =
     official (0.2 on MVTec AD, 0 otherwise).
-    save: write the trained adapters there (``method.save``), loadable with ``checkpoint=PATH``.
-    max_steps: stop after this many optimiser steps (None: all epochs).
-    Returns the loss of every step.
+    The other arguments (method, backbone, dataset, categories, save, max_steps, progress): as every
+    learned method's ``train`` (``bench.methods._clip.training``). Returns the loss of every step.
     """
     from bench.methods.aprilgan import APRILGAN
 

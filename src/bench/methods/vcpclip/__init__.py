@@ -186,12 +186,7 @@ class VCPCLIP(LearnedMethod):
     checkpoint_help = CHECKPOINT_HELP
     checkpoint_format = FORMAT
 
-    def __init__(
-        self,
-        checkpoint: str | Path | None = None,
-        quick_gelu: bool = False,
-        init_seed: int = 0,
-    ) -> None:
+    def __init__(self, checkpoint: str | Path | None = None, quick_gelu: bool = False, init_seed: int = 0) -> None:
         self.quick_gelu = bool(quick_gelu)
         self._tokens: torch.Tensor | None = None
         super().__init__(

@@ -99,23 +99,16 @@ def train(
     max_steps: int | None = None,
     progress: bool = False,
 ) -> list[float]:
-    """Train ``method``'s parameters on an auxiliary dataset's test images and masks (official ``train.py``).
+    """Train a VCP-CLIP method's parameters on an auxiliary dataset's test images and masks (official ``train.py``).
 
-    method: a VCP-CLIP method; its current parameters are the starting point (``checkpoint=
-    "untrained"`` to train from scratch). It is bound to ``backbone`` first when it is not
-    already; afterwards it scores with the new parameters.
-    dataset: a bench Dataset or a dataset root; the convention: VisA parameters for testing on
-    MVTec AD, MVTec AD parameters for VisA.
-    categories: the categories trained on (default all, shuffled together).
     epochs, batch_size, seed: official 10, 32, 333 (seeds the order, the augmentations and
     torch's global generator, which draws the prompt dropout).
     lr: None = official for the dataset (4e-5 on VisA, 2e-5 on MVTec AD; required otherwise); the
     temperatures always use 0.01. Adam with betas (0.5, 0.999).
     mosaic_rate: 2x2 mosaics of anomalous images; None = official (0.2 on MVTec AD, else 0).
     augmentation: the official random augmentations (module docstring).
-    save: write the trained parameters there (``method.save``), loadable with ``checkpoint=PATH``.
-    max_steps: stop after this many optimiser steps (None: all epochs).
-    Returns the loss of every step.
+    The other arguments (method, backbone, dataset, categories, save, max_steps, progress): as every
+    learned method's ``train`` (``bench.methods._clip.training``). Returns the loss of every step.
     """
     from bench.methods.vcpclip import VCPCLIP
 

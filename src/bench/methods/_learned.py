@@ -18,7 +18,7 @@ fresh ``nn.Module``) and ``load`` (a checkpoint file into it), and optionally ``
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -76,6 +76,23 @@ def is_bench_checkpoint(obj: object, fmt: str, version: int, layers: Sequence[st
     if layers is not None and set(saved) != set(layers):
         raise ValueError(f"trained on layers {', '.join(saved)}, the backbone taps {', '.join(layers)}")
     return True
+
+
+def learned_state(
+    obj: object, fmt: str, version: int, layers: Sequence[str] | None,
+    official: Callable[[dict], tuple[dict[str, torch.Tensor], dict[str, object]] | None], what: str, official_form: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """The state dict in a loaded checkpoint and what the file is: bench's format ``fmt`` (source
+    ``{"kind": "bench", "meta"}``), else what ``official`` reads from a dict (None: not an official file).
+    Anything else is a ValueError: not ``what``, the ``official_form`` expected, what was found."""
+    if is_bench_checkpoint(obj, fmt, version, layers):
+        return dict(obj["state_dict"]), {"kind": "bench", "meta": dict(obj.get("meta", {}))}  # type: ignore[index]
+    read = official(obj) if isinstance(obj, dict) else None
+    if read is None:
+        found = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"not {what} (expected the official {official_form} or a file saved by bench (method.save); "
+                         f"found {found})")
+    return read
 
 
 def save_learned(path: str | Path, fmt: str, version: int, state: Mapping[str, torch.Tensor],

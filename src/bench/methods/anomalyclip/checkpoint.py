@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from bench.errors import WeightsError
-from bench.methods._learned import is_bench_checkpoint, load_checkpoint
+from bench.methods._learned import learned_state, load_checkpoint
 from bench.methods.anomalyclip.model import ObjectAgnosticPrompts
 
 FORMAT = "bench.anomalyclip.prompts"
@@ -36,22 +36,19 @@ def official_to_bench(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {"ctx": torch.stack(ctx), "deep": torch.stack([state[f"compound_prompts_text.{i}"] for i in found])}
 
 
+def _official(obj: dict) -> tuple[dict[str, torch.Tensor], dict[str, object]] | None:
+    """The official file (or a bare prompt learner state dict) under our names; None when ``obj`` is neither."""
+    if OFFICIAL_KEY not in obj and "ctx_pos" not in obj:
+        return None
+    return official_to_bench(dict(obj.get(OFFICIAL_KEY, obj))), {"kind": "official"}
+
+
 def load_prompts(path: Path, prompts: ObjectAgnosticPrompts) -> dict[str, object]:
     """Load a checkpoint (official or ours) into ``prompts``; any misfit is a ``WeightsError`` naming the file."""
     obj = load_checkpoint(path, "AnomalyCLIP", "prompts")
     try:
-        if is_bench_checkpoint(obj, FORMAT, FORMAT_VERSION):
-            state = dict(obj["state_dict"])
-            source = {"kind": "bench", "meta": dict(obj.get("meta", {}))}
-        elif isinstance(obj, dict) and (OFFICIAL_KEY in obj or "ctx_pos" in obj):
-            state = official_to_bench(dict(obj.get(OFFICIAL_KEY, obj)))
-            source = {"kind": "official"}
-        else:
-            keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(
-                f"not an AnomalyCLIP prompt checkpoint (expected the official {{'{OFFICIAL_KEY}': state_dict}} "
-                f"or a file saved by bench (method.save); found {keys})"
-            )
+        state, source = learned_state(obj, FORMAT, FORMAT_VERSION, None, _official, "an AnomalyCLIP prompt checkpoint",
+                                      f"{{'{OFFICIAL_KEY}': state_dict}}")
         for key, param in prompts.state_dict().items():
             got = tuple(state[key].shape)
             if got != tuple(param.shape):

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from bench.errors import WeightsError
 from bench.methods._clip.adapters import Adapters, check_adapter_shapes, linear_layers_from_official
-from bench.methods._learned import is_bench_checkpoint, load_checkpoint
+from bench.methods._learned import learned_state, load_checkpoint
 
 FORMAT = "bench.aprilgan.adapters"
 FORMAT_VERSION = 1
 OFFICIAL_KEY = "trainable_linearlayer"
+
+
+def _official(obj: dict, adapters: Adapters) -> tuple[dict[str, torch.Tensor], dict[str, object]] | None:
+    """The official file (or a bare ``fc.*`` state dict) under our names; None when ``obj`` is neither."""
+    if not (OFFICIAL_KEY in obj or (obj and all(str(k).startswith("fc.") for k in obj))):
+        return None
+    raw = obj.get(OFFICIAL_KEY, obj)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{OFFICIAL_KEY!r} is not a state dict")
+    state = linear_layers_from_official(dict(raw), adapters.layers)
+    return state, {"kind": "official", "mapping": {f"fc.{i}": name for i, name in enumerate(adapters.layers)}}
 
 
 def load_adapters(path: str | Path, adapters: Adapters) -> dict[str, object]:
@@ -23,21 +36,8 @@ def load_adapters(path: str | Path, adapters: Adapters) -> dict[str, object]:
         raise WeightsError(f"APRIL-GAN adapters {path}: file not found")
     obj = load_checkpoint(path, "APRIL-GAN", "adapters")
     try:
-        if is_bench_checkpoint(obj, FORMAT, FORMAT_VERSION, adapters.layers):
-            state = dict(obj["state_dict"])
-            source = {"kind": "bench", "meta": dict(obj.get("meta", {}))}
-        elif isinstance(obj, dict) and (OFFICIAL_KEY in obj or (obj and all(str(k).startswith("fc.") for k in obj))):
-            raw = obj.get(OFFICIAL_KEY, obj)
-            if not isinstance(raw, dict):
-                raise ValueError(f"{OFFICIAL_KEY!r} is not a state dict")
-            state = linear_layers_from_official(dict(raw), adapters.layers)
-            source = {"kind": "official", "mapping": {f"fc.{i}": name for i, name in enumerate(adapters.layers)}}
-        else:
-            keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(
-                f"not an APRIL-GAN adapter checkpoint (expected the official {{'{OFFICIAL_KEY}': "
-                f"state_dict}} or a file saved by bench (method.save); found {keys})"
-            )
+        state, source = learned_state(obj, FORMAT, FORMAT_VERSION, adapters.layers, lambda d: _official(d, adapters),
+                                      "an APRIL-GAN adapter checkpoint", f"{{'{OFFICIAL_KEY}': state_dict}}")
         check_adapter_shapes(state, adapters)
         adapters.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:

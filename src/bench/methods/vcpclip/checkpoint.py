@@ -8,7 +8,7 @@ import torch
 
 from bench.errors import WeightsError
 from bench.methods._clip.adapters import linear_layers_from_official
-from bench.methods._learned import is_bench_checkpoint, load_checkpoint
+from bench.methods._learned import learned_state, load_checkpoint
 from bench.methods.vcpclip.model import VCPParameters
 
 FORMAT = "bench.vcpclip"
@@ -52,6 +52,13 @@ def _load_state(params: VCPParameters, state: dict[str, torch.Tensor]) -> None:
     params.load_state_dict({k: torch.as_tensor(v).float() for k, v in state.items()})
 
 
+def _official(obj: dict, layers: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, object]] | None:
+    """The official file under our names; None when ``obj`` lacks one of its parts."""
+    if not all(part in obj for part in OFFICIAL_PARTS):
+        return None
+    return official_to_bench(obj, layers), {"kind": "official"}
+
+
 def load_vcp(path: str | Path, params: VCPParameters) -> dict[str, object]:
     """Load an official or a bench checkpoint into ``params``; returns ``{"kind": "official" | "bench", ...}``.
 
@@ -60,16 +67,8 @@ def load_vcp(path: str | Path, params: VCPParameters) -> dict[str, object]:
     path = Path(path).expanduser()
     obj = load_checkpoint(path, "VCP-CLIP", "checkpoint")
     try:
-        if is_bench_checkpoint(obj, FORMAT, FORMAT_VERSION, params.layers):
-            state, source = dict(obj["state_dict"]), {"kind": "bench", "meta": dict(obj.get("meta", {}))}
-        elif isinstance(obj, dict) and all(part in obj for part in OFFICIAL_PARTS):
-            state, source = official_to_bench(obj, params.layers), {"kind": "official"}
-        else:
-            keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(
-                f"not a VCP-CLIP checkpoint (expected the official {{{', '.join(OFFICIAL_PARTS)}, prompt_*}} "
-                f"or a file saved by bench (method.save); found {keys})"
-            )
+        state, source = learned_state(obj, FORMAT, FORMAT_VERSION, params.layers, lambda d: _official(d, params.layers),
+                                      "a VCP-CLIP checkpoint", f"{{{', '.join(OFFICIAL_PARTS)}, prompt_*}}")
         _load_state(params, state)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         reason = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)

@@ -109,7 +109,7 @@ def pixel_histograms(maps: np.ndarray, masks: np.ndarray, bins: int = BINS, stri
 
 
 def _unsigned_keys(scores: np.ndarray) -> np.ndarray:
-    """Flat uint32 keys ordered as the float32 ``scores`` (``bench.metrics._keys`` made unsigned,
+    """Flat uint32 keys ordered as the float32 ``scores`` (``bench.pixelpasses.score_keys`` made unsigned,
     in place: the sign bit set for non-negative floats, every bit flipped for negative ones)."""
     keys = np.add(scores, np.float32(0.0)).reshape(-1).view(np.uint32)  # a copy; -0.0 + 0.0 = +0.0
     flip = keys >> np.uint32(31)

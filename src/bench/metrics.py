@@ -21,10 +21,10 @@ positives (anomalous ones) it passes and, for AUPRO, the summed region weight of
   compared like with like.
 
 Pixel metrics never hold a per-pixel array of the whole set, so their memory does not grow with
-it. Pixel scores are compared as float32, through an order-preserving int32 key. A first pass over
-the maps, a few images at a time, validates them, counts the regions and counts the negatives and
+it (the passes over the maps are ``bench.pixelpasses``). Pixel scores are compared as float32,
+through an order-preserving int32 key. A first pass over the maps, a few images at a time, validates them, counts the regions and counts the negatives and
 positives in each of 65,536 buckets of the key's top 16 bits. The buckets are cut, from the top,
-into ranges that take at most ``_RANGE_BYTES`` (1 GiB) once gathered, and each range costs one
+into ranges that take at most ``RANGE_BYTES`` (1 GiB) once gathered, and each range costs one
 more pass: the keys of its negatives (4 bytes each) and ``key << 32 | region size`` of its
 positives (8 bytes) are gathered and sorted in place. The curves only bend at positive scores, so
 the walk steps through the positives' distinct keys, a block at a time, and finds by binary search
@@ -40,11 +40,10 @@ exception; report it as undefined.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-
 import numpy as np
-from scipy import ndimage
+
+from bench import pixelpasses as passes
+from bench.pixelpasses import Maps
 
 __all__ = [
     "UNDEFINED",
@@ -58,20 +57,8 @@ __all__ = [
 UNDEFINED: float = float("nan")
 """Value of a metric that the labels do not define (test with ``math.isnan``)."""
 
-Maps = np.ndarray | Sequence[np.ndarray]
-
-_CHUNK_PIXELS = 2**20  # pixels a pass over the maps handles at a time (whole images)
-_RANGE_BYTES = 2**30  # gathered and sorted at once: 4 bytes a pixel, 8 more a positive one
-_BLOCK_SIZE = 2**20  # sorted positives handed to the walk at a time
-_BUCKETS = 2**16  # buckets of the top 16 bits of a key
-
-# Structuring elements for an (n, H, W) stack of masks: the middle plane connects pixels within
-# an image, the empty outer planes keep images apart.
-_STRUCTURE = {
-    c: np.pad(ndimage.generate_binary_structure(2, c // 4)[None], ((1, 1), (0, 0), (0, 0)))
-    for c in (4, 8)
-}
-
+RANGE_BYTES = 2**30  # gathered and sorted at once: 4 bytes a pixel, 8 more a positive one
+BLOCK_SIZE = 2**20  # sorted positives handed to the walk at a time
 
 # ----------------------------------------------------------------------------- the walk
 
@@ -119,132 +106,6 @@ class _Curve:
         return auroc, self.precision_sum / self.n_pos, self.f1_max, aupro
 
 
-# ----------------------------------------------------------------------------- passes over maps
-
-
-def _as_bool(mask: np.ndarray, what: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.dtype == bool:
-        return mask
-    if not ((mask == 0) | (mask == 1)).all():
-        raise ValueError(f"{what} must be boolean or 0/1 valued (binarise resized masks first)")
-    return mask != 0
-
-
-def _images(maps: Maps, masks: Maps) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The set a few whole images at a time: float32 scores and bool masks, both (n, H, W)."""
-    if isinstance(maps, np.ndarray) and isinstance(masks, np.ndarray):
-        if maps.ndim != 3 or maps.shape != masks.shape:
-            raise ValueError(
-                f"maps and masks must both be (N, H, W) with equal shapes, got {maps.shape} and "
-                f"{masks.shape}"
-            )
-        step = max(1, _CHUNK_PIXELS // max(1, maps.shape[1] * maps.shape[2]))
-        for i in range(0, len(maps), step):
-            yield np.asarray(maps[i : i + step], np.float32), _as_bool(masks[i : i + step], "masks")
-        return
-    if len(maps) != len(masks):
-        raise ValueError(f"got {len(maps)} maps but {len(masks)} masks")
-    for i, (scores, mask) in enumerate(zip(maps, masks)):
-        if np.ndim(scores) != 2 or np.shape(mask) != np.shape(scores):
-            raise ValueError(
-                f"map {i} is {np.shape(scores)} but its mask {np.shape(mask)}; want equal 2-D"
-            )
-        yield np.asarray(scores, np.float32)[None], _as_bool(mask, "masks")[None]
-
-
-def _keys(scores: np.ndarray) -> np.ndarray:
-    """Flat int32 keys ordered as the float32 ``scores`` (-0.0 and +0.0 share one).
-
-    A non-negative float's bits already order as an int32; a negative one's order backwards, so
-    its 31 low bits are flipped.
-    """
-    bits = np.add(scores, np.float32(0.0)).reshape(-1).view(np.int32)  # -0.0 + 0.0 = +0.0
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-def _scan(maps: Maps, masks: Maps, connectivity: int) -> Iterator[tuple[np.ndarray, ...]]:
-    """One pass over the set, a few images at a time: the keys of the normal pixels, and the keys
-    and region sizes of the anomalous ones."""
-    for scores, mask in _images(maps, masks):
-        regions, _ = ndimage.label(mask, _STRUCTURE[connectivity])
-        regions, mask = regions.reshape(-1), mask.reshape(-1)
-        keys = _keys(scores)
-        yield keys[~mask], keys[mask], np.bincount(regions)[regions[mask]]
-
-
-def _bucket(keys: np.ndarray) -> np.ndarray:
-    """Bucket (0 to 2^16 - 1) of each key: its top 16 bits."""
-    return (keys >> 16) + 2**15
-
-
-@dataclass(frozen=True)
-class _Summary:
-    """What the first pass learns: negatives and positives per key bucket, regions, score range."""
-
-    negatives: np.ndarray
-    positives: np.ndarray
-    n_regions: int
-    lo: np.float32
-    hi: np.float32
-
-    @property
-    def n_neg(self) -> int:
-        return int(self.negatives.sum())
-
-    @property
-    def n_pos(self) -> int:
-        return int(self.positives.sum())
-
-
-def _summarise(maps: Maps, masks: Maps, connectivity: int) -> _Summary:
-    if connectivity not in _STRUCTURE:
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    negatives, positives = np.zeros(_BUCKETS, np.int64), np.zeros(_BUCKETS, np.int64)
-    n_regions, lo, hi = 0, np.float32(np.inf), np.float32(-np.inf)
-    for scores, mask in _images(maps, masks):
-        if not np.isfinite(scores).all():
-            raise ValueError("scores contain NaN or infinity")
-        buckets, mask_flat = _bucket(_keys(scores)), mask.reshape(-1)
-        negatives += np.bincount(buckets[~mask_flat], minlength=_BUCKETS)
-        positives += np.bincount(buckets[mask_flat], minlength=_BUCKETS)
-        n_regions += ndimage.label(mask, _STRUCTURE[connectivity])[1]
-        if scores.size:
-            lo, hi = min(lo, scores.min()), max(hi, scores.max())
-    return _Summary(negatives, positives, n_regions, lo, hi)
-
-
-def _ranges(cost: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
-    """Bucket ranges ``[start, stop)`` from the top that each cost at most ``budget``, or are one
-    bucket that costs more; each ends at a bucket that costs something."""
-    below = np.concatenate(([0], np.cumsum(cost)))  # below[b]: cost of the buckets under b
-    stop = len(cost)
-    while below[stop]:
-        stop = int(np.searchsorted(below, below[stop]))  # past the free buckets on top
-        start = min(int(np.searchsorted(below, below[stop] - budget)), stop - 1)
-        yield start, stop
-        stop = start
-
-
-def _gather(
-    maps: Maps, masks: Maps, connectivity: int, start: int, stop: int, summary: _Summary
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keys of the negatives in buckets [start, stop), and ``key << 32 | region size`` of the
-    positives there; both unsorted."""
-    negatives = np.empty(summary.negatives[start:stop].sum(), np.int32)
-    positives = np.empty(summary.positives[start:stop].sum(), np.int64)
-    lo, hi = (start - 2**15) << 16, ((stop - 2**15) << 16) - 1
-    n = m = 0
-    for neg_keys, pos_keys, sizes in _scan(maps, masks, connectivity):
-        found = neg_keys[(neg_keys >= lo) & (neg_keys <= hi)]
-        negatives[n : n + found.size] = found
-        inside = (pos_keys >= lo) & (pos_keys <= hi)
-        packed = pos_keys[inside].astype(np.int64) << 32 | sizes[inside]
-        positives[m : m + packed.size] = packed
-        n, m = n + found.size, m + packed.size
-    return negatives, positives
-
-
 def _tally(negatives: np.ndarray, positives: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
     """Steps of the walk through sorted positives (``key << 32 | region size``), and how many of
     the sorted negative keys ``negatives`` lie below the lowest of them.
@@ -267,31 +128,17 @@ def _tally(negatives: np.ndarray, positives: np.ndarray) -> tuple[tuple[np.ndarr
     return (-np.diff(edges), pos, w), int(edges[-1])
 
 
-def _tally_bucket(
-    maps: Maps, masks: Maps, connectivity: int, bucket: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps of the walk through one bucket, one per key, from histograms of their low 16 bits."""
-    neg, pos, weight = np.zeros(2**16, np.int64), np.zeros(2**16, np.int64), np.zeros(2**16)
-    for neg_keys, pos_keys, sizes in _scan(maps, masks, connectivity):
-        neg += np.bincount(neg_keys[_bucket(neg_keys) == bucket] & 0xFFFF, minlength=2**16)
-        inside = _bucket(pos_keys) == bucket
-        low = pos_keys[inside] & 0xFFFF
-        pos += np.bincount(low, minlength=2**16)
-        weight += np.bincount(low, 1.0 / sizes[inside], minlength=2**16)
-    return neg[::-1], pos[::-1], weight[::-1]
-
-
-def _walk(maps: Maps, masks: Maps, connectivity: int, summary: _Summary, limit: float) -> _Curve:
+def _walk(maps: Maps, masks: Maps, connectivity: int, summary: passes.Summary, limit: float) -> _Curve:
     """The walk down every pixel score, a range of buckets at a time."""
     curve = _Curve(summary.n_neg, summary.n_pos, summary.n_regions, limit)
     if not (summary.n_neg and summary.n_pos):
         return curve  # undefined: nothing to walk
     cost = 4 * summary.negatives + 8 * summary.positives  # bytes of a bucket, gathered
-    for start, stop in _ranges(cost, _RANGE_BYTES):
-        if cost[start:stop].sum() > _RANGE_BYTES:
-            curve.add(*_tally_bucket(maps, masks, connectivity, start))
+    for start, stop in passes.ranges(cost, RANGE_BYTES):
+        if cost[start:stop].sum() > RANGE_BYTES:
+            curve.add(*passes.tally_bucket(maps, masks, connectivity, start))
         else:
-            _walk_range(curve, *_gather(maps, masks, connectivity, start, stop, summary))
+            _walk_range(curve, *passes.gather(maps, masks, connectivity, start, stop, summary))
     return curve
 
 
@@ -301,7 +148,7 @@ def _walk_range(curve: _Curve, negatives: np.ndarray, positives: np.ndarray) -> 
     positives.sort()
     end, end_pos = negatives.size, positives.size
     while end_pos:  # each block cut where a key begins
-        cut = positives[max(end_pos - _BLOCK_SIZE, 0)] >> 32 << 32
+        cut = positives[max(end_pos - BLOCK_SIZE, 0)] >> 32 << 32
         begin_pos = int(np.searchsorted(positives[:end_pos], cut))
         steps, end = _tally(negatives[:end], positives[begin_pos:end_pos])
         curve.add(*steps)
@@ -310,7 +157,7 @@ def _walk_range(curve: _Curve, negatives: np.ndarray, positives: np.ndarray) -> 
 
 
 def _aupro_binned(
-    maps: Maps, masks: Maps, connectivity: int, summary: _Summary, limit: float, steps: int
+    maps: Maps, masks: Maps, connectivity: int, summary: passes.Summary, limit: float, steps: int
 ) -> float:
     lo, hi = summary.lo, summary.hi
     if not (summary.n_neg and summary.n_pos) or hi == lo:
@@ -319,9 +166,9 @@ def _aupro_binned(
     # Largest float32 <= each threshold: for float32 scores, s > t32 exactly when s > t.
     t32 = thresholds.astype(np.float32)
     t32 = np.where(t32 > thresholds, np.nextafter(t32, np.float32(-np.inf)), t32)
-    edges = _keys(t32)
+    edges = passes.score_keys(t32)
     neg, weight = np.zeros(edges.size + 1, np.int64), np.zeros(edges.size + 1)
-    for neg_keys, pos_keys, sizes in _scan(maps, masks, connectivity):
+    for neg_keys, pos_keys, sizes in passes.scan(maps, masks, connectivity):
         passed = np.searchsorted(edges, neg_keys)  # how many thresholds each pixel is above
         neg += np.bincount(passed, minlength=edges.size + 1)
         passed = np.searchsorted(edges, pos_keys)
@@ -351,7 +198,7 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     when ``labels`` hold one class only.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = _as_bool(np.asarray(labels).reshape(-1), "labels")
+    labels = passes.as_bool(np.asarray(labels).reshape(-1), "labels")
     if scores.shape != labels.shape:
         raise ValueError(f"got {scores.size} scores but {labels.size} labels")
     if not np.isfinite(scores).all():
@@ -382,7 +229,7 @@ def pixel_metrics(
     the set has no anomalous or no normal pixel.
     """
     _check_limit(aupro_fpr_limit)
-    summary = _summarise(maps, masks, connectivity)
+    summary = passes.summarise(maps, masks, connectivity)
     curve = _walk(maps, masks, connectivity, summary, aupro_fpr_limit)
     names = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
     out = dict(zip(names, curve.metrics()))
@@ -396,7 +243,7 @@ def pixel_metrics(
 def aupro(maps: Maps, masks: Maps, fpr_limit: float = 0.3, *, connectivity: int = 8) -> float:
     """Exact AUPRO up to ``fpr_limit``, normalised by it (see the module docstring)."""
     _check_limit(fpr_limit)
-    summary = _summarise(maps, masks, connectivity)
+    summary = passes.summarise(maps, masks, connectivity)
     return _walk(maps, masks, connectivity, summary, fpr_limit).metrics()[3]
 
 
@@ -413,7 +260,7 @@ def aupro_binned(
     constant map or fewer than two kept points.
     """
     _check_limit(fpr_limit)
-    summary = _summarise(maps, masks, connectivity)
+    summary = passes.summarise(maps, masks, connectivity)
     return _aupro_binned(maps, masks, connectivity, summary, fpr_limit, steps)
 
 

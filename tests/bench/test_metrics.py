@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
-from bench import metrics
+from bench import metrics, pixelpasses
 from bench.metrics import (
     UNDEFINED,
     aupro,
@@ -280,7 +280,7 @@ def test_aupro_binned_equals_the_field_loop_and_is_close_to_exact(seed):
 def walk_log(monkeypatch):
     """Records the bytes of every range the walk gathers and the buckets it histograms."""
     log = {"gathered": [], "histogrammed": []}
-    gather, tally_bucket = metrics._gather, metrics._tally_bucket
+    gather, tally_bucket = pixelpasses.gather, pixelpasses.tally_bucket
 
     def logged_gather(*args):
         out = gather(*args)
@@ -291,15 +291,15 @@ def walk_log(monkeypatch):
         log["histogrammed"].append(args[-1])
         return tally_bucket(*args)
 
-    monkeypatch.setattr(metrics, "_gather", logged_gather)
-    monkeypatch.setattr(metrics, "_tally_bucket", logged_tally_bucket)
+    monkeypatch.setattr(pixelpasses, "gather", logged_gather)
+    monkeypatch.setattr(pixelpasses, "tally_bucket", logged_tally_bucket)
     return log
 
 
 def shrink(monkeypatch, range_bytes, block, chunk):
-    monkeypatch.setattr(metrics, "_RANGE_BYTES", range_bytes)
-    monkeypatch.setattr(metrics, "_BLOCK_SIZE", block)
-    monkeypatch.setattr(metrics, "_CHUNK_PIXELS", chunk)
+    monkeypatch.setattr(metrics, "RANGE_BYTES", range_bytes)
+    monkeypatch.setattr(metrics, "BLOCK_SIZE", block)
+    monkeypatch.setattr(pixelpasses, "CHUNK_PIXELS", chunk)
 
 
 @pytest.mark.parametrize(
@@ -331,19 +331,3 @@ def test_bucket_larger_than_a_range_is_histogrammed(monkeypatch, walk_log):
     shrink(monkeypatch, 400, 2, 1000)  # 100 negatives per range; each tie holds more
     assert_equal_to_references(pixel_metrics(maps, masks, with_binned_aupro=True), maps, masks)
     assert len(walk_log["histogrammed"]) == 4 and not walk_log["gathered"]
-
-
-def test_ranges_split_buckets_from_the_top_within_the_budget():
-    cost = np.array([0, 5, 0, 3, 9, 2, 0])
-    assert list(metrics._ranges(cost, 6)) == [(5, 6), (4, 5), (2, 4), (0, 2)]
-    assert list(metrics._ranges(np.zeros(4, int), 6)) == []
-
-
-def test_keys_order_as_the_floats():
-    values = np.array(
-        [-np.finfo(np.float32).max, -2.5, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1e-38, 1.0, 3e38],
-        np.float32,
-    )
-    keys = metrics._keys(values).astype(np.int64)
-    assert (np.sign(np.diff(keys)) == np.sign(np.diff(values))).all()  # -0.0 == +0.0 only
-    assert keys[4] == keys[5]

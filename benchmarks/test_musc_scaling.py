@@ -3,7 +3,7 @@
 Every patch is compared with every patch of every other image, so time grows with the square of
 the set size. Memory does not: distances are computed in blocks of about 2^20 entries and reduced
 at once; what grows is the table of per-image minima, (B, P, B) floats up to 2^26 entries
-(256 MiB; beyond that one query chunk at a time, see ``bench/methods/musc.py``). Inputs are random
+(256 MiB; beyond that one query chunk at a time, see ``bench/methods/musc/model.py``). Inputs are random
 features of EfficientNet-Lite0's shapes (blocks 4/7/10: 40, 80, 112 channels, strides 8, 16, 16)
 at 256 px (a 16×16 grid), or 128 px (8×8) in the small form; MuSc at its defaults (r = 1, 3, 5).
 """

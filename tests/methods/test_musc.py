@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bench.methods import musc as M
+from bench.methods.musc import model as M
 
 from bench.errors import ConfigError
 from bench.records import FeatureSet

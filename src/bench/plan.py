@@ -174,16 +174,19 @@ def check_refiners_fit(method: Method, refiner_classes: dict[str, type[Refiner]]
         )
 
 
+def refiner_class(name: str) -> type[Refiner]:
+    """Refiner ``name``'s class, read from the registry without building one: the one place the run learns
+    whether a refiner trains (``Refiner.trainable``). A factory that declares no Refiner class is a ConfigError."""
+    cls = REFINERS.entry(name).product
+    if cls is None or not issubclass(cls, Refiner):
+        raise ConfigError(f"refiner {name!r}: its factory must be a Refiner class or be annotated "
+                          "with the Refiner class it returns (-> MyRefiner)")
+    return cls
+
+
 def refiner_classes(names: list[str]) -> dict[str, type[Refiner]]:
-    """Each refiner's class, read from the registry (no refiner is built)."""
-    classes = {}
-    for name in names:
-        cls = REFINERS.entry(name).product
-        if cls is None or not issubclass(cls, Refiner):
-            raise ConfigError(f"refiner {name!r}: its factory must be a Refiner class or be annotated "
-                              "with the Refiner class it returns (-> MyRefiner)")
-        classes[name] = cls
-    return classes
+    """Each refiner's class (``refiner_class``)."""
+    return {name: refiner_class(name) for name in names}
 
 
 def build_refiners(names: Sequence[str], backbone: Backbone, config: RunConfig) -> dict[str, Refiner]:

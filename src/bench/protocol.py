@@ -9,7 +9,6 @@ it too; training-free refiners refine every group.
 from __future__ import annotations
 
 import time
-import typing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +19,6 @@ from bench.errors import ConfigError
 from bench.interfaces import Backbone, Method, Refiner
 from bench.ops import upsample
 from bench.records import FeatureSet, RefineBatch, ScoreOutput
-from bench.registry import REFINERS
 from bench.synth import synthesize_set
 
 
@@ -102,17 +100,6 @@ def coarse_scores(method: Method, features: FeatureSet, groups: list[np.ndarray]
             evaluated = evaluated if evaluated is not None else torch.empty((n, *out.evaluated.shape[1:]))
             evaluated[group] = out.evaluated[rows]
     return ScoreOutput(scores, maps, evaluated)
-
-
-def refiner_trains(name: str) -> bool:
-    """Whether refiner ``name`` trains, read off the class its factory declares it returns
-    (``Refiner.trainable``) without building it; a factory that declares none is taken to train."""
-    factory = REFINERS.entry(name).factory
-    try:
-        returned = typing.get_type_hints(factory).get("return", factory)
-    except (NameError, TypeError):
-        returned = factory
-    return bool(getattr(returned, "trainable", True))
 
 
 def check_group_sizes(groups: list[np.ndarray], method: Method, trainable: bool = True, reference: str = "all") -> None:

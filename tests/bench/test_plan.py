@@ -7,7 +7,10 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.config import RunConfig
-from bench.plan import build_plan
+from bench.errors import ConfigError
+from bench.plan import build_plan, refiner_class
+from bench.refiners.gaussian import GaussianRefiner
+from bench.registry import REFINERS
 
 
 @pytest.fixture
@@ -77,3 +80,20 @@ def test_device_takes_cuda_n_as_the_config_does(tmp_path):
     result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "out"), "--device", "cuda:1"])
     assert result.exit_code == 1 and "invalid choice" not in result.output
     assert "Error: invalid device='cuda:1': CUDA is not available" in result.output
+
+
+def test_whether_a_refiner_trains_is_read_off_the_class_its_factory_declares(monkeypatch):
+    monkeypatch.setattr(REFINERS, "_entries", dict(REFINERS._entries))  # restored after the test
+    assert refiner_class("ard").trainable and not refiner_class("gaussian").trainable
+
+    @REFINERS.register("annotated_gaussian")
+    def annotated(**options) -> GaussianRefiner:
+        return GaussianRefiner(**options)
+
+    @REFINERS.register("bare_gaussian")
+    def bare(**options):
+        return GaussianRefiner(**options)
+
+    assert refiner_class("annotated_gaussian") is GaussianRefiner
+    with pytest.raises(ConfigError, match="bare_gaussian.*annotated with the Refiner class"):
+        refiner_class("bare_gaussian")  # neither taken to train nor not to: refused

@@ -57,7 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import REFINERS
-from bench.refiners._trainable import TrainableRefiner, TrainOptions, check_norm, make_norm
+from bench.refiners._blocks import check_norm, make_norm
+from bench.refiners._trainable import TrainableRefiner, TrainOptions
 
 
 @dataclass

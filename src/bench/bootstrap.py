@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-
 RESAMPLES = 1000  # default number of bootstrap resamples (RunConfig.bootstrap)
 BINS = 256  # coarse bins of the pixel-score histograms
 SIDE = 128  # pixel histograms read every (side // SIDE)-th row and column: about SIDE² pixels per image

@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from fakes import registered_tiny_vit
 
 from bench.backbones import _clip_weights as weights
 from bench.backbones import openclip as oc
 from bench.errors import ConfigError, WeightsError
 from bench.registry import BACKBONES, METHODS
+from fakes import registered_tiny_vit
 
 TINY = "bench-test-tiny-vit"
 
@@ -263,9 +263,8 @@ def test_musc_asks_vit_l_14_336_for_its_official_setting():
 
 
 def test_bench_run_musc_on_vit_b_32_random_end_to_end(tmp_path):
-    from bench.datasets.synthetic import generate
-
     from bench.cli import main
+    from bench.datasets.synthetic import generate
     from bench.tracking import open_store
 
     root = generate(tmp_path / "syn", seed=2, categories=["tile"], n_test=12, size=64, progress=False)

@@ -12,7 +12,6 @@ from bench.errors import BenchError, ConfigError
 from bench.records import FeatureSet
 from bench.registry import METHODS
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -102,9 +101,8 @@ def test_not_part_of_all_methods():
 
 @pytest.fixture(scope="module")
 def tree_and_maps(tmp_path_factory):
-    from bench.datasets.synthetic import generate
-
     from bench.data import open_dataset
+    from bench.datasets.synthetic import generate
 
     root = generate(tmp_path_factory.mktemp("data") / "syn", seed=4, categories=["tile"], n_test=12, size=64, progress=False)
     maps_dir = tmp_path_factory.mktemp("maps")

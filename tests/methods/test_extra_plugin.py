@@ -13,8 +13,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-from clip_helpers import bench_run
-from fakes import registered_tiny_vit
 
 from bench.backbones.openclip import OpenClipBackbone
 from bench.cache import FeatureCache, encode
@@ -22,6 +20,8 @@ from bench.errors import ConfigError
 from bench.interfaces import Backbone, BackboneExtra, Method, MethodInfo
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import BACKBONES, METHODS
+from clip_helpers import bench_run
+from fakes import registered_tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

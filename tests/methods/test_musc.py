@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bench.methods.musc import model as M
 
 from bench.errors import ConfigError
+from bench.methods.musc import model as M
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
 

@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.records import RefineBatch
-from bench.registry import REFINERS
 from bench.refiners._blocks import check_norm, conv_norm_relu, focal_loss_from_logits, make_norm
 from bench.refiners._trainable import TrainableRefiner, TrainOptions
+from bench.registry import REFINERS
 
 
 @dataclass

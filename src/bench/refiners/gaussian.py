@@ -26,8 +26,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from bench.errors import ConfigError
 from bench.config import typed_options
+from bench.errors import ConfigError
 from bench.interfaces import Refiner
 from bench.ops import gaussian_smooth, upsample
 from bench.records import FeatureSet

@@ -50,9 +50,9 @@ import torch.nn.functional as F
 
 from bench.errors import ConfigError
 from bench.interfaces import Refiner
+from bench.ops import upsample
 from bench.records import FeatureSet
 from bench.refiners.gaussian import options_from
-from bench.ops import upsample
 from bench.registry import REFINERS
 
 GUIDES = ("gray", "color")

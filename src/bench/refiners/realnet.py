@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.registry import REFINERS
 from bench.refiners._blocks import check_norm, make_norm
 from bench.refiners._trainable import TrainableRefiner, TrainOptions
+from bench.registry import REFINERS
 
 
 @dataclass

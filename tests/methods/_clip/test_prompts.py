@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fakes import TinyBackbone
 
 from bench.errors import ConfigError
 from bench.methods._clip import prompts as P
+from fakes import TinyBackbone
 
 
 def test_sentences_are_every_template_around_every_state_state_major():

@@ -15,8 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
-from clip_helpers import assert_missing_weights_named, assert_runs, few_templates_fixture
-from fakes import TinyBackbone
 
 from bench.errors import ConfigError, WeightsError
 from bench.methods.adaclip import model as M
@@ -24,6 +22,8 @@ from bench.methods.adaclip import train as T
 from bench.methods.adaclip import visual as AP
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
+from clip_helpers import assert_missing_weights_named, assert_runs, few_templates_fixture
+from fakes import TinyBackbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,13 +12,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from fakes import registered_tiny_vit
 
 from bench.backbones.openclip import OpenClipBackbone
 from bench.cache import backbone_fingerprint
 from bench.errors import ConfigError, WeightsError
 from bench.methods.adaclip import checkpoint as C
 from bench.methods.adaclip import visual as AP
+from fakes import registered_tiny_vit
 
 TINY = "bench-test-adaclip-vit"
 LENGTH, DEPTH = 2, 3

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs
-import fakes
-from fakes import TinyBackbone
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+import fakes
 from bench.errors import ConfigError, WeightsError
 from bench.methods import anomalyclip as AC
 from bench.methods.anomalyclip import model as M
@@ -24,6 +22,8 @@ from bench.methods.anomalyclip.dpam import DPAM
 from bench.methods.anomalyclip.train import train, training_loss
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
+from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs
+from fakes import TinyBackbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,19 +13,18 @@ import math
 import numpy as np
 import pytest
 import torch
+
+import fakes
+from bench.errors import ConfigError, WeightsError
 from bench.methods import aprilgan as A
 from bench.methods._clip.adapters import linear_layers_from_official
 from bench.methods._clip.auxiliary import dice_loss_from_probs, focal_loss_from_probs
 from bench.methods.aprilgan import model as M
 from bench.methods.aprilgan.train import TRAIN_BATCH_SIZE, train
-from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs, few_templates_fixture
-import fakes
-from fakes import RandomTextEncoder, TinyBackbone
-
-from bench.errors import ConfigError, WeightsError
 from bench.records import FeatureSet
 from bench.registry import METHODS
-
+from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs, few_templates_fixture
+from fakes import RandomTextEncoder, TinyBackbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import registered_tiny_vit
 
 from bench.backbones.openclip import OpenClipBackbone
 from bench.methods.vcpclip.embedding import VcpEmbedding
+from fakes import registered_tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

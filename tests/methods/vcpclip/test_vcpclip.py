@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
+
+from bench.backbones.openclip import OpenClipBackbone
+from bench.errors import ConfigError, WeightsError
 from bench.methods import vcpclip as V
 from bench.methods.vcpclip import model as M
 from bench.methods.vcpclip.embedding import VcpEmbedding
 from bench.methods.vcpclip.train import augment, train
-from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs
-from fakes import TinyBackbone, registered_tiny_vit
-
-from bench.backbones.openclip import OpenClipBackbone
-from bench.errors import ConfigError, WeightsError
 from bench.records import FeatureSet
 from bench.registry import METHODS
+from clip_helpers import assert_learned_clip_info, assert_missing_weights_named, assert_runs
+from fakes import TinyBackbone, registered_tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,15 +12,15 @@ import math
 import numpy as np
 import pytest
 import torch
+
+import fakes
+from bench.errors import ConfigError, WeightsError
 from bench.methods import winclip as W
 from bench.methods.winclip.windows import WindowEmbeddings
-from clip_helpers import assert_runs, few_templates_fixture
-import fakes
-from fakes import RandomTextEncoder, TinyBackbone
-
-from bench.errors import ConfigError, WeightsError
 from bench.records import FeatureSet
 from bench.registry import BACKBONES, METHODS
+from clip_helpers import assert_runs, few_templates_fixture
+from fakes import RandomTextEncoder, TinyBackbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -194,8 +194,9 @@ def test_object_name_option():
 
 
 def test_official_weights_missing_offline_is_a_weights_error(monkeypatch):
-    from bench.backbones._clip_weights import cached_checkpoint
     import open_clip
+
+    from bench.backbones._clip_weights import cached_checkpoint
 
     if cached_checkpoint(open_clip.get_pretrained_cfg("ViT-B-16-plus-240", "laion400m_e31")):
         pytest.skip("the laion400m_e31 weights are cached here")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import registered_tiny_vit
 
 from bench.backbones import openclip as oc
-from bench.methods.winclip import windows as W
 from bench.errors import ConfigError
+from bench.methods.winclip import windows as W
+from fakes import registered_tiny_vit
 
 ARCH = "bench-test-window-vit"
 

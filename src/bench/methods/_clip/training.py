@@ -18,7 +18,12 @@ from torch import nn
 from bench.errors import ConfigError
 from bench.interfaces import Backbone, Dataset
 from bench.methods._clip.auxiliary import (
-    AuxiliaryBatch, AuxiliaryData, check_training, fit_on_auxiliary, official_setting, training_meta,
+    AuxiliaryBatch,
+    AuxiliaryData,
+    check_training,
+    fit_on_auxiliary,
+    official_setting,
+    training_meta,
 )
 from bench.methods._learned import LearnedMethod
 

@@ -79,8 +79,21 @@ from bench.methods._clip.prompts import ABNORMAL_STATES, NORMAL_STATES, ObjectPr
 from bench.methods._learned import LearnedMethod, learned_source
 from bench.methods.adaclip.checkpoint import CHECKPOINT_HELP, FORMAT, load_part
 from bench.methods.adaclip.model import (
-    HSF_ALPHA, K_CLUSTERS, KMEANS_SEED, LOGIT_SCALE, OFFICIAL_DEPTH, OFFICIAL_LENGTH, TEMPLATES, TOKENS_PER_CLUSTER,
-    Head, anomaly_map, encode_prompted_text, hybrid_semantic_fusion, image_logits, official_layers, prompt_sentences,
+    HSF_ALPHA,
+    K_CLUSTERS,
+    KMEANS_SEED,
+    LOGIT_SCALE,
+    OFFICIAL_DEPTH,
+    OFFICIAL_LENGTH,
+    TEMPLATES,
+    TOKENS_PER_CLUSTER,
+    Head,
+    anomaly_map,
+    encode_prompted_text,
+    hybrid_semantic_fusion,
+    image_logits,
+    official_layers,
+    prompt_sentences,
 )
 from bench.methods.adaclip.train import TRAINING
 from bench.methods.adaclip.visual import NAME as EXTRA

@@ -82,8 +82,16 @@ from bench.methods._learned import LearnedMethod
 from bench.methods.anomalyclip.checkpoint import FORMAT, load_prompts
 from bench.methods.anomalyclip.dpam import DPAM, EMBEDDING, PREFIX
 from bench.methods.anomalyclip.model import (
-    DEEP_DEPTH, DEEP_LENGTH, OBJECT, PROMPT_LENGTH, TEMPERATURE, ObjectAgnosticPrompts, anomaly_map, encode_prompts,
-    image_logits, prompt_tokens,
+    DEEP_DEPTH,
+    DEEP_LENGTH,
+    OBJECT,
+    PROMPT_LENGTH,
+    TEMPERATURE,
+    ObjectAgnosticPrompts,
+    anomaly_map,
+    encode_prompts,
+    image_logits,
+    prompt_tokens,
 )
 from bench.methods.anomalyclip.train import TRAINING
 from bench.ops import gaussian_smooth, upsample

@@ -88,7 +88,11 @@ from bench.methods._clip.prompts import ABNORMAL_STATES, NORMAL_STATES, ObjectPr
 from bench.methods._learned import LearnedMethod
 from bench.methods.aprilgan.checkpoint import FORMAT, load_adapters
 from bench.methods.aprilgan.model import (
-    LOGIT_SCALE, TEMPLATES, abnormal_probability, anomaly_maps, class_text_embeddings,
+    LOGIT_SCALE,
+    TEMPLATES,
+    abnormal_probability,
+    anomaly_maps,
+    class_text_embeddings,
 )
 from bench.methods.aprilgan.train import TRAINING
 from bench.records import FeatureSet, ScoreOutput

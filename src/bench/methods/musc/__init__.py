@@ -56,8 +56,8 @@ import torch.nn.functional as F
 
 from bench.errors import ConfigError
 from bench.interfaces import Backbone, Method, MethodInfo
-from bench.records import FeatureSet, ScoreOutput
 from bench.methods.musc.model import LAYERNORM_MODES, check_r, lnamd, min_images_for, mutual_scores, rscin
+from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
 
 PAPER = (

@@ -120,8 +120,19 @@ from bench.methods.vcpclip.checkpoint import FORMAT, load_vcp
 from bench.methods.vcpclip.embedding import LAYER as EMBEDDING_LAYER
 from bench.methods.vcpclip.embedding import VcpEmbedding
 from bench.methods.vcpclip.model import (
-    ALPHA, N_CONTEXT, N_PROMPT, POST_HEADS, PROMPT_DROPOUT, PROMPTS, TOP_K, VCPParameters, branch_maps, fuse,
-    layer_logits, prompted_text, top_mean,
+    ALPHA,
+    N_CONTEXT,
+    N_PROMPT,
+    POST_HEADS,
+    PROMPT_DROPOUT,
+    PROMPTS,
+    TOP_K,
+    VCPParameters,
+    branch_maps,
+    fuse,
+    layer_logits,
+    prompted_text,
+    top_mean,
 )
 from bench.methods.vcpclip.train import TRAINING
 from bench.ops import gaussian_smooth

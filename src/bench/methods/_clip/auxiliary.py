@@ -4,8 +4,9 @@ segmentation losses on probabilities and the training loop.
 APRIL-GAN, AnomalyCLIP, VCP-CLIP and AdaCLIP all train a few parameters (adapters, prompts) on an
 *auxiliary* dataset, the field's convention being VisA for testing on MVTec AD and the reverse,
 with a focal + dice loss on the pixel masks, in one loop (``fit_on_auxiliary``) to which each
-method's ``train`` brings its loss, its optimiser and its official settings. Where the parameters
-come from and how they are saved: ``bench.methods._learned``.
+method's ``train`` brings its loss, its optimiser and its official settings (through
+``bench.methods._clip.training``). Where the parameters come from and how they are saved:
+``bench.methods._learned``.
 """
 from __future__ import annotations
 

@@ -107,10 +107,10 @@ def start_training(
             return value
         return official_setting(value, table, data, trainer, option, 0.0 if option == "mosaic_rate" else None)
 
-    n_epochs, rate_lr = resolved("epochs", epochs), resolved("lr", lr)
+    n_epochs, learning_rate = resolved("epochs", epochs), resolved("lr", lr)
     rate = None if "mosaic_rate" not in official else float(resolved("mosaic_rate", mosaic_rate))
-    check_training(trainer, n_epochs, batch_size, rate_lr, rate or 0.0, max_steps)
+    check_training(trainer, n_epochs, batch_size, learning_rate, rate or 0.0, max_steps)
     module = method.bound_to(backbone)
-    return Training(method, module, data, int(backbone.input_size), epochs=int(n_epochs), lr=float(rate_lr),
+    return Training(method, module, data, int(backbone.input_size), epochs=int(n_epochs), lr=float(learning_rate),
                     batch_size=int(batch_size), mosaic_rate=rate, seed=int(seed), rng=np.random.default_rng(int(seed)),
                     max_steps=max_steps, progress=progress)

@@ -23,7 +23,7 @@ class Toy(LearnedMethod):
     checkpoint_format = "bench.toy"
 
     def __init__(self) -> None:
-        super().__init__("untrained", "grid", 0, settings={}, paper="", arxiv="", default_backbone="")
+        super().__init__("untrained", 0, settings={}, paper="", arxiv="", default_backbone="")
 
     def build(self, backbone) -> nn.Module:
         return nn.Linear(2, 1)

@@ -40,24 +40,8 @@ from torch import nn
 from bench.config import typed_options
 from bench.interfaces import Refiner
 from bench.records import FeatureSet, RefineBatch
-from bench.refiners._blocks import (
-    NORMS,
-    check_norm,
-    conv_norm_relu,
-    dice_loss_from_logits,
-    focal_loss_from_logits,
-    make_norm,
-    quantile,
-    resize,
-    resize_input,
-)
+from bench.refiners._blocks import quantile, resize, resize_input
 from bench.refiners._validation import validated_fit
-
-# The building blocks are in _blocks.py; ard.py imports them from here, so they stay part of this surface.
-__all__ = [
-    "COARSE_NORMS", "NORMS", "PRECISIONS", "TrainOptions", "TrainableRefiner", "check_norm", "conv_norm_relu",
-    "dice_loss_from_logits", "focal_loss_from_logits", "make_norm", "resize",
-]
 
 COARSE_NORMS = ("robust", "batch", "minmax", "none")
 PRECISIONS = ("fp32", "bf16")

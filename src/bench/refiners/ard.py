@@ -53,12 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.registry import REFINERS
-from bench.refiners._trainable import (
-    COARSE_NORMS,
+from bench.refiners._blocks import (
     NORMS,
-    TrainableRefiner,
-    TrainOptions,
     check_norm,
     conv_norm_relu,
     dice_loss_from_logits,
@@ -66,6 +62,8 @@ from bench.refiners._trainable import (
     make_norm,
     resize,
 )
+from bench.refiners._trainable import COARSE_NORMS, TrainableRefiner, TrainOptions
+from bench.registry import REFINERS
 
 __all__ = [
     "ARDOptions", "ARDNet", "ARDRefiner", "make_ard", "focal_loss_from_logits", "dice_loss_from_logits", "COARSE_NORMS",

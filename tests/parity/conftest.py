@@ -1,4 +1,4 @@
-"""The recipe's tiny CLIP registered with open_clip, and its weights on disk (once per session)."""
+"""The recipe's tiny CLIPs registered with open_clip, and their weights on disk (once per session)."""
 from __future__ import annotations
 
 import copy
@@ -10,14 +10,25 @@ import torch
 from parity import recipe
 
 
-@pytest.fixture(scope="session")
-def parity_weights(tmp_path_factory) -> Path:
-    """The recipe's weights for open_clip's build of the tiny CLIP, saved as a checkpoint file."""
+def _weights(directory: Path, arch: str, config: dict, fp16: bool = False) -> Path:
+    """The recipe's weights for open_clip's build of ``arch`` (registered with ``config``), saved as a
+    checkpoint file; ``fp16``: rounded to half precision (the values an fp16 archive holds)."""
     import open_clip
 
-    open_clip.factory._MODEL_CONFIGS[recipe.ARCH] = copy.deepcopy(recipe.CONFIG)
-    model = open_clip.create_model(recipe.ARCH)
-    path = tmp_path_factory.mktemp("parity") / "weights.pt"
-    torch.save(recipe.random_state_dict(recipe.shapes_of(model)), path)
+    open_clip.factory._MODEL_CONFIGS[arch] = copy.deepcopy(config)
+    state = recipe.random_state_dict(recipe.shapes_of(open_clip.create_model(arch)))
+    path = directory / "weights.pt"
+    torch.save({k: v.half().float() for k, v in state.items()} if fp16 else state, path)
     return path
 
+
+@pytest.fixture(scope="session")
+def parity_weights(tmp_path_factory) -> Path:
+    """The tiny CLIP ``recipe.ARCH`` with the recipe's weights."""
+    return _weights(tmp_path_factory.mktemp("parity"), recipe.ARCH, recipe.CONFIG)
+
+
+@pytest.fixture(scope="session")
+def vcp_weights(tmp_path_factory) -> Path:
+    """``recipe.VCP_ARCH`` with the recipe's weights rounded to fp16, as VCP-CLIP's ``build_model`` loads them."""
+    return _weights(tmp_path_factory.mktemp("parity-vcp"), recipe.VCP_ARCH, recipe.VCP_CONFIG, fp16=True)

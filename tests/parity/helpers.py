@@ -16,11 +16,11 @@ def fixture(name: str) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def backbone(weights: Path, **options: object):
-    """Bench's open_clip backbone on the tiny CLIP with the recipe's weights (CPU, fp32)."""
+def backbone(weights: Path, arch: str = recipe.ARCH, **options: object):
+    """Bench's open_clip backbone on a tiny CLIP of the recipe (``arch``) with the recipe's weights (CPU, fp32)."""
     from bench.backbones.openclip import OpenClipBackbone
 
-    return OpenClipBackbone(recipe.ARCH, weights=str(weights), **{"input_size": recipe.IMAGE_SIZE, "precision": "fp32", **options})
+    return OpenClipBackbone(arch, weights=str(weights), **{"input_size": recipe.IMAGE_SIZE, "precision": "fp32", **options})
 
 
 def score_and_evaluate(method, net, category: str | None = "bottle"):
@@ -57,9 +57,9 @@ def upsampled_grid(method, out) -> np.ndarray:
     return upsample(out.maps, size, align_corners=method.info.align_corners).numpy()
 
 
-def official_backbone(method, weights: Path, overrides: dict | None = None):
+def official_backbone(method, weights: Path, overrides: dict | None = None, arch: str = recipe.ARCH):
     """The backbone ``method`` asks for at its published setting (ViT-L-14-336: layers, activation), on the
     recipe's tiny CLIP at the recipe's size, with ``overrides`` on top."""
     options = method.backbone_options("ViT-L-14-336")
     options.pop("input_size")
-    return backbone(weights, **{**options, **(overrides or {})})
+    return backbone(weights, arch, **{**options, **(overrides or {})})

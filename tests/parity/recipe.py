@@ -23,6 +23,10 @@ CONFIG = {
 }
 
 
+VCP_ARCH = "parity-ViT-tiny-vcp"  # VCP-CLIP asserts text width == embedding dim: the same CLIP, embed_dim 64
+VCP_CONFIG = {**CONFIG, "embed_dim": 64}
+
+
 def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> dict[str, torch.Tensor]:
     """Seeded weights for ``{name: shape}``: LayerNorm scales near 1, matrices scaled by 1/sqrt(fan-in)."""
     out = {}
@@ -56,6 +60,25 @@ def anomalyclip_prompts(n_ctx: int = 12, depth: int = 9, t_n_ctx: int = 4, seed:
     shapes = {"ctx_pos": (1, 1, n_ctx, width), "ctx_neg": (1, 1, n_ctx, width)}
     shapes.update({f"compound_prompts_text.{i}": (t_n_ctx, width) for i in range(depth - 1)})
     return random_state_dict(shapes, seed=seed)
+
+
+def vcpclip_checkpoint(layers: int = 4, r: int = 2, text_layers: int = 12, seed: int = SEED + 3) -> dict:
+    """Seeded VCP-CLIP parameters in the official checkpoint's layout (``trainable_linearlayer``,
+    ``New_Lan_Embed``, ``Zero_try`` and the CLIP ``prompt*`` entries at the top level) for ``VCP_CONFIG``."""
+    w, t, d = VCP_CONFIG["vision_cfg"]["width"], VCP_CONFIG["text_cfg"]["width"], VCP_CONFIG["embed_dim"]
+    shapes = {f"trainable_linearlayer/fc.{i}.{k}": s for i in range(layers) for k, s in (("weight", (d, w)), ("bias", (d,)))}
+    shapes.update({"New_Lan_Embed/prompt_query": (1, r, t), "New_Lan_Embed/prompt_linear1.fc.weight": (r, 1, 3),
+                   "New_Lan_Embed/prompt_linear1.fc.bias": (r,), "New_Lan_Embed/prompt_temp": (), "Zero_try/prompt_temp_l1": ()})
+    for name, fan_in in (("q_proj_pre", t), ("k_proj_pre_1", w), ("v_proj_pre_1", w), ("proj_post_t", w)):
+        shapes[f"Zero_try/{name}.weight"], shapes[f"Zero_try/{name}.bias"] = (w, fan_in, 1), (w,)
+    shapes.update({"prompt_embeddings": (1, 1, t), "deep_prompt_embeddings": (text_layers - 1, 1, t),
+                   "prompt_proj.weight": (t, t), "prompt_proj.bias": (t,), "prompt_norm.weight": (t,),
+                   "prompt_norm.bias": (t,), "prompt_text_projection": (t, d)})
+    out: dict = {}
+    for key, value in random_state_dict(shapes, seed=seed).items():
+        part, _, name = key.rpartition("/")
+        (out.setdefault(part, {}) if part else out)[name] = value
+    return out
 
 
 def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -18,7 +18,7 @@ def _weights(directory: Path, arch: str, config: dict, fp16: bool = False) -> Pa
     open_clip.factory._MODEL_CONFIGS[arch] = copy.deepcopy(config)
     state = recipe.random_state_dict(recipe.shapes_of(open_clip.create_model(arch)))
     path = directory / "weights.pt"
-    torch.save({k: v.half().float() for k, v in state.items()} if fp16 else state, path)
+    torch.save(recipe.half_rounded(state) if fp16 else state, path)
     return path
 
 
@@ -29,6 +29,6 @@ def parity_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def vcp_weights(tmp_path_factory) -> Path:
-    """``recipe.VCP_ARCH`` with the recipe's weights rounded to fp16, as VCP-CLIP's ``build_model`` loads them."""
-    return _weights(tmp_path_factory.mktemp("parity-vcp"), recipe.VCP_ARCH, recipe.VCP_CONFIG, fp16=True)
+def d64_weights(tmp_path_factory) -> Path:
+    """``recipe.ARCH_D64`` with the recipe's weights rounded to fp16, as VCP-CLIP and AdaCLIP build their CLIP."""
+    return _weights(tmp_path_factory.mktemp("parity-d64"), recipe.ARCH_D64, recipe.CONFIG_D64, fp16=True)

@@ -48,6 +48,12 @@ def minmax(maps: np.ndarray) -> np.ndarray:
     return (maps - maps.min()) / (maps.max() - maps.min())
 
 
+def assert_official_maps(out, none_maps, official: np.ndarray, tol: float = 1e-4) -> None:
+    """The method's evaluation map is the official map; ``none`` is scored on it after the protocol's rescale."""
+    assert np.abs(out.evaluated.numpy() - official).max() < tol
+    assert np.abs(none_maps.numpy() - minmax(official)).max() < tol
+
+
 def upsampled_grid(method, out) -> np.ndarray:
     """The method's grid maps upsampled to the recipe's size as the protocol upsamples them (bilinear,
     the method's ``align_corners``): what ``none`` would be scored on without ``evaluated``."""
@@ -63,3 +69,17 @@ def official_backbone(method, weights: Path, overrides: dict | None = None, arch
     options = method.backbone_options("ViT-L-14-336")
     options.pop("input_size")
     return backbone(weights, arch, **{**options, **(overrides or {})})
+
+
+def run_official_checkpoint(name: str, checkpoint: dict, weights: Path, tmp_path: Path,
+                            backbone_options: dict | None = None, arch: str = recipe.ARCH):
+    """Method ``name`` at its defaults on ``checkpoint`` (saved in the official format) and the backbone it asks
+    for: the method, its output and the maps ``none`` is scored on."""
+    import torch
+
+    from bench.registry import METHODS
+
+    path = tmp_path / f"{name}.pth"
+    torch.save(checkpoint, path)
+    method = METHODS.create(name, checkpoint=str(path))
+    return method, *score_and_evaluate(method, official_backbone(method, weights, backbone_options, arch))

@@ -5,7 +5,7 @@ Usage: ``python tests/parity/make_vcpclip.py <VCP-CLIP checkout> [--out tests/pa
 tqdm, ftfy, regex) are in bench's environment. Nothing of the checkout is copied: its ``test.test(args)``
 runs as in ``test.sh`` (``Load_CLIP`` building its own CLIP with exact GELU, features 6 12 18 24,
 prompt_len 2, deep_prompt_len 1, 11 deep text layers, use_global, alpha 0.2, sigma 8, its modules
-loaded from a checkpoint in its own format) on ``recipe.VCP_ARCH`` (embed_dim 64: its Pre-VCP asserts
+loaded from a checkpoint in its own format) on ``recipe.ARCH_D64`` (embed_dim 64: its Pre-VCP asserts
 text width == embedding dim), the recipe's images and ``recipe.vcpclip_checkpoint()``.
 
 Replaced: ``torch.jit.load`` (the JIT archive of ViT-L-14-336 is not downloaded) by an object whose
@@ -29,15 +29,12 @@ import types
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recipe  # noqa: E402
-from official_env import import_script, script_args  # noqa: E402
-
-CATEGORY = "bottle"
+from official_env import RecipeImages, import_script, script_args  # noqa: E402
 
 
 class _Archive:
@@ -62,9 +59,9 @@ def main() -> None:
     official = import_script(args.checkout, "test.py", "vcpclip_test")
     import open_clip  # bench's environment: only to name the recipe's tensors (OpenAI's key names)
 
-    open_clip.factory._MODEL_CONFIGS[recipe.VCP_ARCH] = recipe.VCP_CONFIG
-    state_dict = recipe.random_state_dict(recipe.shapes_of(open_clip.create_model(recipe.VCP_ARCH)))
-    state_dict = {k: v.half().float() for k, v in state_dict.items()}
+    open_clip.factory._MODEL_CONFIGS[recipe.ARCH_D64] = recipe.CONFIG_D64
+    state_dict = recipe.random_state_dict(recipe.shapes_of(open_clip.create_model(recipe.ARCH_D64)))
+    state_dict = recipe.half_rounded(state_dict)
     torch.jit.load = lambda *_, **__: _Archive(state_dict)
     to = torch.Tensor.to  # VisionTransformer.forward sums its attention (unused) on a hard-coded 'cuda'
     torch.Tensor.to = lambda self, *a, **k: to(self, *("cpu" if isinstance(x, str) and x == "cuda" else x for x in a), **k)
@@ -73,24 +70,8 @@ def main() -> None:
     checkpoint = work / "vcp.pth"
     torch.save(recipe.vcpclip_checkpoint(), checkpoint)
     config = work / "config.json"
-    config.write_text(json.dumps(recipe.VCP_CONFIG))
+    config.write_text(json.dumps(recipe.CONFIG_D64))
     (work / "ViT-L-14-336px.pt").touch()  # Load_CLIP opens it before torch.jit.load
-    images = [PIL.Image.fromarray(img) for img in recipe.images()]
-
-    class Dataset(torch.utils.data.Dataset):  # replaces MVTecDataset: the recipe's images
-        def __init__(self, root, transform, target_transform, **_):
-            self.transform = transform
-
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            mask = torch.zeros(1, recipe.IMAGE_SIZE, recipe.IMAGE_SIZE)
-            return {"img": self.transform(images[i]), "cls_name": CATEGORY, "img_mask": mask,
-                    "anomaly": int(i in (1, 4)), "img_path": f"{work}/{CATEGORY}/img{i}.png"}
-
-        def get_cls_names(self):
-            return [CATEGORY]
 
     caught = {}
 
@@ -103,7 +84,7 @@ def main() -> None:
         return 0.0
 
     original_normalize = official.normalize
-    official.MVTecDataset, official.normalize, official.roc_auc_score = Dataset, normalize, roc_auc_score
+    official.MVTecDataset, official.normalize, official.roc_auc_score = RecipeImages, normalize, roc_auc_score
     official.average_precision_score = lambda *_: 0.0
     official.precision_recall_curve = lambda *_: (np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.5]))
     official.cal_pro_score = lambda *_: 0.0

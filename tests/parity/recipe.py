@@ -23,8 +23,8 @@ CONFIG = {
 }
 
 
-VCP_ARCH = "parity-ViT-tiny-vcp"  # VCP-CLIP asserts text width == embedding dim: the same CLIP, embed_dim 64
-VCP_CONFIG = {**CONFIG, "embed_dim": 64}
+ARCH_D64 = "parity-ViT-tiny-d64"  # embed_dim = text width, as ViT-L-14-336 (768): VCP-CLIP asserts it
+CONFIG_D64 = {**CONFIG, "embed_dim": 64}
 
 
 def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> dict[str, torch.Tensor]:
@@ -64,8 +64,8 @@ def anomalyclip_prompts(n_ctx: int = 12, depth: int = 9, t_n_ctx: int = 4, seed:
 
 def vcpclip_checkpoint(layers: int = 4, r: int = 2, text_layers: int = 12, seed: int = SEED + 3) -> dict:
     """Seeded VCP-CLIP parameters in the official checkpoint's layout (``trainable_linearlayer``,
-    ``New_Lan_Embed``, ``Zero_try`` and the CLIP ``prompt*`` entries at the top level) for ``VCP_CONFIG``."""
-    w, t, d = VCP_CONFIG["vision_cfg"]["width"], VCP_CONFIG["text_cfg"]["width"], VCP_CONFIG["embed_dim"]
+    ``New_Lan_Embed``, ``Zero_try`` and the CLIP ``prompt*`` entries at the top level) for ``CONFIG_D64``."""
+    w, t, d = CONFIG_D64["vision_cfg"]["width"], CONFIG_D64["text_cfg"]["width"], CONFIG_D64["embed_dim"]
     shapes = {f"trainable_linearlayer/fc.{i}.{k}": s for i in range(layers) for k, s in (("weight", (d, w)), ("bias", (d,)))}
     shapes.update({"New_Lan_Embed/prompt_query": (1, r, t), "New_Lan_Embed/prompt_linear1.fc.weight": (r, 1, 3),
                    "New_Lan_Embed/prompt_linear1.fc.bias": (r,), "New_Lan_Embed/prompt_temp": (), "Zero_try/prompt_temp_l1": ()})
@@ -79,6 +79,25 @@ def vcpclip_checkpoint(layers: int = 4, r: int = 2, text_layers: int = 12, seed:
         part, _, name = key.rpartition("/")
         (out.setdefault(part, {}) if part else out)[name] = value
     return out
+
+
+def adaclip_checkpoint(length: int = 5, depth: int = 4, layers: int = 4, seed: int = SEED + 4) -> dict[str, torch.Tensor]:
+    """Seeded AdaCLIP parameters in the official trainer's key names (``clip_model.<part>.*``) for ``CONFIG_D64``."""
+    w, e = CONFIG_D64["vision_cfg"]["width"], CONFIG_D64["embed_dim"]
+    shapes = {f"{branch}_prompter.static_prompts.{j}": (length, width)
+              for branch, width in (("visual", w), ("text", e)) for j in range(depth)}
+    heads = [("patch_token_layer", layers, e, w), ("cls_token_layer", 1, e, e),
+             ("dynamic_visual_prompt_generator", length, w, e), ("dynamic_text_prompt_generator", length, e, e)]
+    for part, count, out, fan_in in heads:
+        for i in range(count):
+            shapes[f"{part}.head.{i}.weight"], shapes[f"{part}.head.{i}.bias"] = (out, fan_in), (out,)
+    return {f"clip_model.{k}": v for k, v in random_state_dict(shapes, seed=seed).items()}
+
+
+def half_rounded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` rounded to fp16 (the values of OpenAI's fp16 archives, which VCP-CLIP's and AdaCLIP's builds
+    round their weights to), in float32."""
+    return {k: v.half().float() for k, v in state.items()}
 
 
 def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -2,37 +2,30 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from bench.registry import METHODS
 from parity import recipe
-from parity.helpers import fixture, minmax, official_backbone, score_and_evaluate, upsampled_grid
+from parity.helpers import assert_official_maps, fixture, minmax, run_official_checkpoint, upsampled_grid
 
 TOL = 1e-4
 
 
 def run_bench(weights, tmp_path, backbone_options=None):
-    checkpoint = tmp_path / "vcp.pth"  # the official checkpoint format
-    torch.save(recipe.vcpclip_checkpoint(), checkpoint)
-    method = METHODS.create("vcpclip", checkpoint=str(checkpoint))  # the defaults
-    net = official_backbone(method, weights, backbone_options, arch=recipe.VCP_ARCH)
-    return method, *score_and_evaluate(method, net)
+    return run_official_checkpoint("vcpclip", recipe.vcpclip_checkpoint(), weights, tmp_path, backbone_options, recipe.ARCH_D64)
 
 
-def test_none_is_scored_on_the_official_map(vcp_weights, tmp_path):
+def test_none_is_scored_on_the_official_map(d64_weights, tmp_path):
     official = fixture("vcpclip")
-    _, out, maps = run_bench(vcp_weights, tmp_path)
-    assert np.abs(out.evaluated.numpy() - official["maps"]).max() < TOL  # logits upsampled, softmax, sigma 8
-    assert np.abs(maps.numpy() - minmax(official["maps"])).max() < TOL  # `none`: the official per-category normalisation
+    _, out, maps = run_bench(d64_weights, tmp_path)
+    assert_official_maps(out, maps, official["maps"], TOL)  # logits upsampled, softmax, sigma 8
     # the official image scores are min-max normalised per category (monotone); bench's are not
     assert np.abs(minmax(out.image_scores.numpy()) - official["image_scores"]).max() < TOL
 
 
-def test_the_grid_map_and_quickgelu_miss_the_official_maps(vcp_weights, tmp_path):
+def test_the_grid_map_and_quickgelu_miss_the_official_maps(d64_weights, tmp_path):
     # compared after the per-category rescale: on random weights the maps span only 0.477..0.499
     official = minmax(fixture("vcpclip")["maps"])
-    method, out, _ = run_bench(vcp_weights, tmp_path)
+    method, out, _ = run_bench(d64_weights, tmp_path)
     assert np.abs(minmax(upsampled_grid(method, out)) - official).max() > 0.1  # what refiners consume, upsampled
-    _, out, maps = run_bench(vcp_weights, tmp_path, {"quick_gelu": True})  # the tag's activation
+    _, out, maps = run_bench(d64_weights, tmp_path, {"quick_gelu": True})  # the tag's activation
     assert np.abs(maps.numpy() - official).max() > 1e-3
     assert np.abs(minmax(out.image_scores.numpy()) - fixture("vcpclip")["image_scores"]).max() > 1e-3

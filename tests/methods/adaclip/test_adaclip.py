@@ -105,6 +105,15 @@ def _hsf_case():
     return layers, logits
 
 
+def test_the_hybrid_prompt_is_rounded_to_fp16_as_official():
+    prompts = M.HybridPrompts(8, 4, length=3, depth=2)
+    dynamic = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0)) / 3
+    exact = prompts.static[1] + dynamic
+    got = prompts.context(1, dynamic)
+    assert got.dtype == torch.float16 and torch.equal(got, exact.half())  # PromptLayer: context.half()
+    assert (got.float() - exact).abs().max() > 0
+
+
 def test_hybrid_semantic_fusion_by_hand():
     layers, logits = _hsf_case()
     patches = [torch.tensor(layer[None], dtype=torch.float32) for layer in layers]
@@ -198,7 +207,7 @@ def hand_text(model, ids, static, dynamic, length, depth):
     for j, block in enumerate(model.transformer.resblocks):
         if 1 <= j < depth:
             x = x.clone()
-            x[:, 1:1 + length] = static[j] + dynamic
+            x[:, 1:1 + length] = (static[j] + dynamic).half().float()  # official: .half()
         x = block(x, attn_mask=model.attn_mask)
     return model.ln_final(x)[torch.arange(len(ids)), ids.argmax(dim=-1)] @ model.text_projection
 

@@ -87,9 +87,9 @@ def hand_forward(backbone, x):
         taps = {}
         for j, block in enumerate(visual.transformer.resblocks):
             if j == 0:
-                h = torch.cat([h, prompts.static[0] + dynamic], 1)  # appended after class + 16 patches
+                h = torch.cat([h, (prompts.static[0] + dynamic).half().float()], 1)  # appended after class + 16 patches
             elif j < DEPTH:
-                h = torch.cat([h[:, :17], prompts.static[j] + dynamic], 1)  # the last LENGTH replaced
+                h = torch.cat([h[:, :17], (prompts.static[j] + dynamic).half().float()], 1)  # the last LENGTH replaced
             assert h.shape[1] == 17 + LENGTH
             h = block(h)
             taps[j + 1] = h[:, 1:17]

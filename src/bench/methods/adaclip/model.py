@@ -45,8 +45,9 @@ class HybridPrompts(nn.Module):
         return torch.stack([layer(embedding) for layer in self.generator], dim=1)
 
     def context(self, block: int, dynamic: torch.Tensor) -> torch.Tensor:
-        """The hybrid prompt of ``block``: its static tokens plus the dynamic ones, ``(B, length, channels)``."""
-        return self.static[block] + dynamic
+        """The hybrid prompt of ``block``: its static tokens plus the dynamic ones, ``(B, length, channels)``,
+        in fp16: the official ``PromptLayer`` rounds it (``.half()``) before it joins the tokens."""
+        return (self.static[block] + dynamic).half()
 
 
 

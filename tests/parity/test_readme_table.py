@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def table_rows() -> dict[str, list[str]]:
-    text = README.read_text(encoding="utf-8").split("### Parity with the official code", 1)[1]
+    text = README.read_text(encoding="utf-8").split("### Parity with the official code", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in text.splitlines():
         if line.startswith("| `"):

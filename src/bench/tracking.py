@@ -301,9 +301,10 @@ def _require_out(out: Path, create: bool, tracking_uri: str | None) -> None:
     if create:
         try:
             out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            # a probe of this process's own (a shared name raced: two runs starting on one store at once,
+            # one deleted the other's probe and the second was told it could not write)
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+                pass
         except OSError as exc:
             raise BenchError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable folder") from None
     elif tracking_uri is None and not (out / "mlflow.db").is_file():

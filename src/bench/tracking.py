@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from bench.errors import BenchError
+from bench.locking import file_lock
 from bench.storeaccess import (
     default_uri,
     no_stray_folder,
@@ -107,25 +108,6 @@ class RetryingClient:
     def __getattr__(self, name: str):
         attr = getattr(self._client, name)
         return retry_locked(attr, self._what) if callable(attr) else attr
-
-
-@contextlib.contextmanager
-def file_lock(path: Path | None):
-    """An exclusive advisory lock on ``path`` (POSIX ``flock``); a no-op without a path or fcntl."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        fcntl = None
-    if path is None or fcntl is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def environment_tags() -> dict[str, str]:

@@ -3,6 +3,8 @@ valid layout, masks that match the defects."""
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,22 @@ def test_interrupted_run_is_not_a_dataset_and_is_restarted(tmp_path: Path) -> No
     generate(root, seed=0, categories=["wood"], **SMALL)
     assert not (root / synthetic.STAGING).exists()
     assert open_dataset(root).name == "synthetic"
+
+
+def test_two_runs_starting_at_once_write_the_embedded_tree_once(tmp_path: Path, monkeypatch) -> None:
+    """Two runs on one fresh ``--out`` used to write into one staging folder and one of them failed."""
+    import bench.embedded as embedded
+
+    calls = []
+
+    def slow_generate(root: Path, **kwargs) -> Path:
+        calls.append(root)
+        time.sleep(0.3)  # the second caller arrives while the tree is being written
+        generate(root, categories=["wood"], **SMALL)
+        return root
+
+    monkeypatch.setattr(embedded, "generate", slow_generate)
+    with ThreadPoolExecutor(2) as pool:  # flock excludes two open files of one process too
+        roots = list(pool.map(lambda _: embedded.ensure_embedded(tmp_path, progress=False), range(2)))
+    assert len(calls) == 1 and roots[0] == roots[1]
+    assert open_dataset(roots[0]).name == "synthetic"

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from bench.data import read_json_marker
 from bench.errors import ConfigError, DatasetError
+from bench.locking import file_lock
 
 from ._defects import DEFECT_FUNCTIONS
 from ._draw import _grid
@@ -247,8 +248,14 @@ def embedded_root(out: Path) -> Path:
 
 
 def ensure_embedded(out: Path, progress: bool = True) -> Path:
-    """The embedded default under ``out``, written on first use (a complete tree is reused as it is)."""
+    """The embedded default under ``out``, written on first use (a complete tree is reused as it is).
+
+    Two runs starting on one ``out`` at once write it once: the second waits on a lock next to the
+    tree, then finds it complete.
+    """
     root = embedded_root(out)
     if not (root / MARKER).is_file():
-        generate(root, seed=SEED, progress=progress)
+        with file_lock(root.parent / f".{root.name}.lock"):
+            if not (root / MARKER).is_file():
+                generate(root, seed=SEED, progress=progress)
     return root

@@ -3,8 +3,9 @@
 For every dataset and seed this runs ONE ``bench run`` with all the refiners side by side (same
 groups, same pseudo-normals, same synthetic training data; ``none`` always runs), so everything
 lands in one MLflow store (``--out``). Then it prints ``bench table --runs all``: one block per
-dataset (configuration), the four pixel metrics per category as the mean over seeds, each
-refiner's gain over ``none`` with its 95% paired-bootstrap interval, and win counts.
+dataset (configuration): ``--kind decoders`` (each refiner's category mean over seeds of the four
+pixel metrics, its gain over ``none`` with the 95% paired-bootstrap interval, win counts and cost),
+then ``--kind gains`` (each refiner's gain per category).
 
     python scripts/ard_ablation.py --seeds 0,1,2 --data embedded --data photos
     python scripts/ard_ablation.py --seeds 0 --data embedded:pcb,pill --data photos:brick,ihc \\
@@ -69,7 +70,8 @@ def main() -> None:
                 sets = [a for kv in opts.protocol_set for a in ("--set", kv)]
                 bench("run", "--out", str(opts.out), "--methods", opts.methods, "--refiners", opts.refiners,
                       "--seed", seed.strip(), "--quiet", *data, *sets)
-    bench("table", "--out", str(opts.out), "--runs", "all")  # one block per dataset: mean over seeds, gains, wins
+    for kind in ("decoders", "gains"):  # one block per dataset: category means, then every category's gains
+        bench("table", "--out", str(opts.out), "--runs", "all", "--kind", kind)
 
 
 if __name__ == "__main__":

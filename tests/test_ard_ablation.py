@@ -1,4 +1,5 @@
-"""scripts/ard_ablation.py end to end on a tiny tree: one bench run per dataset and seed, then bench table."""
+"""scripts/ard_ablation.py end to end on a tiny tree: one bench run per dataset and seed, then the
+decoders and gains tables."""
 import runpy
 import sys
 from pathlib import Path
@@ -24,9 +25,11 @@ def test_runs_land_in_one_store_and_the_tables_count_wins(tmp_path, monkeypatch,
     assert sorted(units.refiner.unique()) == ["ard_residual", "guided", "none"] and set(units.seed) == {"3"}
     assert set(units.category) == {"tile"}
     text = capsys.readouterr().out
-    assert text.count("$ bench run") == 1 and text.count("$ bench table") == 1
-    assert "musc Δard_residual" in text
-    assert text.split("$ bench table")[1].count("wins vs none") == 4  # one row per pixel metric
+    assert text.count("$ bench run") == 1 and text.count("$ bench table") == 2
+    decoders, gains = text.split("$ bench table")[1:]
+    assert "--kind decoders" in decoders and "| ard_residual " in decoders and "wins vs none" in decoders
+    assert "--kind gains" in gains and "musc Δard_residual" in gains
+    assert gains.count("wins vs none") == 4  # one row per pixel metric
 
 
 def test_a_failing_bench_command_stops_the_script_with_its_error(tmp_path, monkeypatch):

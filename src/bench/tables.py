@@ -1,4 +1,4 @@
-"""Paper-style tables from the units logged in the MLflow store: main, decoders, contamination.
+"""Paper-style tables from the units logged in the MLflow store: main, gains, decoders, contamination.
 
 Each builder returns a ``bench.render.Table``: text cells for markdown and LaTeX, and a tidy
 frame of the numbers behind them for CSV. Values are in points (percent); a value is
@@ -96,9 +96,12 @@ def _seed_stats(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFra
     return pd.concat(stats)
 
 
-def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> Table:
+def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = True) -> Table:
     """Rows: categories and their unweighted mean, then the consistency count; per method, refiners
-    side by side and each one's gain over ``none`` with its interval. Units without contamination."""
+    side by side and each one's gain over ``none`` with its interval. Units without contamination.
+
+    ``values=False`` keeps only the gains (``--kind gains``): many refiners compared per category
+    in a table that still fits a page."""
     _check(units, [metric])
     clean = _clean(units)
     scale = 100 if _percent(metric) else 1
@@ -108,20 +111,22 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> Table:
     columns, cells, numbers, bold = [("", "category")], {c: [c] for c in categories}, {}, set()
     for method in dict.fromkeys(clean.method):
         refiners = _ordered(clean[clean.method == method].refiner)
-        values = {}  # category -> [(value, column)] of this method: the best is bold
+        shown = {}  # category -> [(value, column)] of this method: the best is bold
         for refiner in refiners:
-            columns.append((method, refiner))
+            if values:
+                columns.append((method, refiner))
             for category in categories:
                 mean, std, n = (stats.loc[(method, refiner, category)] if (method, refiner, category) in stats.index
                                 else (np.nan, np.nan, 0))
-                cells[category].append(_value(scale * mean, scale * std, int(n)))
-                values.setdefault(category, []).append((scale * mean, len(columns) - 1))
+                if values:
+                    cells[category].append(_value(scale * mean, scale * std, int(n)))
+                    shown.setdefault(category, []).append((scale * mean, len(columns) - 1))
                 numbers[(method, refiner, category)] = dict(metric=metric, method=method, refiner=refiner,
                                                             category=category, value=scale * mean, std=scale * std,
                                                             n_seeds=int(n))
-        for r, category in enumerate(categories):
-            top = max((v for v, _ in values[category] if np.isfinite(v)), default=np.nan)
-            bold |= {(r, column) for v, column in values[category] if v == top and len(values[category]) > 1}
+        for r, category in enumerate(categories if values else []):
+            top = max((v for v, _ in shown[category] if np.isfinite(v)), default=np.nan)
+            bold |= {(r, column) for v, column in shown[category] if v == top and len(shown[category]) > 1}
         for refiner in refiners[1:] if refiners[0] == BASELINE else []:
             columns.append((method, f"Δ{refiner}"))
             for category in categories:
@@ -138,8 +143,9 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> Table:
         if name.startswith("Δ") and (m, name[1:], MEAN) in gains.index else "" for m, name in columns[1:]]
     unit = " (%)" if _percent(metric) else ""
     return Table(columns, rows + ([wins] if any(wins[1:]) else []), pd.DataFrame(list(numbers.values())),
-                 caption=f"{metric_label(metric)}{unit}; mean over seeds; gains over none with 95% paired-bootstrap "
-                         "intervals (* excludes 0)",
+                 caption=f"{metric_label(metric)}{unit}; " + ("mean over seeds; gains over none" if values else
+                                                                  "gains over none, mean over seeds,")
+                         + " with 95% paired-bootstrap intervals (* excludes 0)",
                  label=f"tab:{metric.replace('_', '-')}", bold=bold,
                  rules={len(categories) - 1} | ({len(categories)} if any(wins[1:]) else set()),
                  notes=["Marked *: the 95% interval excludes 0. wins: (category, seed) pairs where the refiner beats none."]
@@ -148,7 +154,8 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap") -> Table:
 
 def decoder_table(units: pd.DataFrame, metrics: list[str]) -> Table:
     """Per method, refiners as rows: each metric's category mean as mean ± std over seeds (best in
-    bold), in how many (category, seed) pairs the refiner beats ``none`` per metric, and its cost."""
+    bold) with the gain over ``none`` and its interval in brackets, in how many (category, seed)
+    pairs the refiner beats ``none`` per metric, and its cost."""
     _check(units, metrics)
     clean = _clean(units)
     gains = gain_table(clean, metrics)
@@ -167,13 +174,15 @@ def decoder_table(units: pd.DataFrame, metrics: list[str]) -> Table:
             for metric in metrics:
                 mean, std, n = stats[metric].loc[(method, refiner, MEAN)]
                 scale = 100 if _percent(metric) else 1
-                row.append(_value(scale * mean, scale * std, int(n)))
+                cell = _value(scale * mean, scale * std, int(n))
                 record.update({metric: scale * mean, f"{metric}_std": scale * std, "n_seeds": int(n)})
                 if (method, refiner, metric) in gains.index:
                     g = gains.loc[(method, refiner, metric)]
+                    cell += f" ({_gain(scale * g.gain, scale * g.ci_low, scale * g.ci_high, g.significant)})"
                     record.update({f"{metric}_gain": scale * g.gain, f"{metric}_ci_low": scale * g.ci_low,
                                    f"{metric}_ci_high": scale * g.ci_high, f"{metric}_wins": g.wins,
                                    f"{metric}_pairs": g.pairs})
+                row.append(cell)
             row.append(", ".join(f"{_short(m)} {int(gains.loc[(method, refiner, m)].wins)}/"
                                  f"{int(gains.loc[(method, refiner, m)].pairs)}"
                                  for m in metrics if (method, refiner, m) in gains.index) or "-")
@@ -190,7 +199,8 @@ def decoder_table(units: pd.DataFrame, metrics: list[str]) -> Table:
     n_seeds = clean.seed.nunique()
     return Table(columns, rows, pd.DataFrame(numbers),
                  caption=f"Refiners in the same protocol: category mean over {n_seeds} seed(s) (%), best in bold, "
-                         "wins over none per (category, seed), cost", label="tab:decoders", bold=bold, rules=rules)
+                         "(gain over none [95% paired-bootstrap interval], * excludes 0), wins over none per "
+                         "(category, seed), cost", label="tab:decoders", bold=bold, rules=rules)
 
 
 def contamination_table(units: pd.DataFrame, metrics: tuple[str, ...] = ("pixel_ap", "pixel_aupro")) -> Table:
@@ -213,7 +223,7 @@ def contamination_table(units: pd.DataFrame, metrics: tuple[str, ...] = ("pixel_
                  label="tab:contamination")
 
 
-KINDS = ("main", "decoders", "contamination")
+KINDS = ("main", "gains", "decoders", "contamination")
 
 
 def build_tables(kind: str, units: pd.DataFrame, metrics: tuple[str, ...] = (), scope: str = "g2k") -> list[Table]:
@@ -224,6 +234,7 @@ def build_tables(kind: str, units: pd.DataFrame, metrics: tuple[str, ...] = (), 
     if kind == "contamination":
         held = tuple(m for m in ("pixel_ap", "pixel_aupro") if m in units) or default_metrics(units)[:2]
         return [contamination_table(units, tuple(scoped(tuple(metrics) or held, scope, units)))]
-    if kind != "main":
+    if kind not in ("main", "gains"):
         raise BenchError(f"unknown table kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return [main_table(units, m) for m in scoped(tuple(metrics) or default_metrics(units), scope, units)]
+    return [main_table(units, m, values=kind == "main")
+            for m in scoped(tuple(metrics) or default_metrics(units), scope, units)]

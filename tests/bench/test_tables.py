@@ -71,15 +71,15 @@ def test_contamination_table_rows_are_ratios():
     assert "undef" in render(table, "md")
 
 
-def test_decoder_table_mean_std_best_wins_and_cost():
-    frame = units()
+def test_decoder_table_mean_std_gain_interval_best_wins_and_cost():
+    frame = with_replicates(units())
     frame["n_parameters"] = frame.refiner.map({"none": 0.0, "ard": 5e5})
     frame["train_seconds_per_group"] = frame.refiner.map({"none": 0.0, "ard": 12.0})
     frame["refine_ms_per_image"] = 1.0
     table = decoder_table(frame, ["pixel_ap"])
     rows = {row[1]: row for row in table.rows}
     assert [row[1] for row in table.rows] == ["none", "ard"]
-    assert rows["ard"][2] == "61.0 ± 1.4" and rows["none"][2] == "51.0 ± 1.4"
+    assert rows["ard"][2] == "61.0 ± 1.4 (+10.0* [+9.0, +11.0])" and rows["none"][2] == "51.0 ± 1.4"
     assert (1, 2) in table.bold and (0, 2) not in table.bold
     assert rows["ard"][3] == "AP 4/4" and rows["ard"][4] == "0.50M" and rows["ard"][5] == "12.0"
     csv = render(table, "csv")
@@ -144,3 +144,18 @@ def test_latex_is_ascii_booktabs_with_caption_label_groups_and_signed_gains(tmp_
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_gains_table_keeps_only_the_gains_of_the_main_table():
+    frame = with_replicates(units())
+    full, gains = cells(main_table(frame, "pixel_ap")), cells(main_table(frame, "pixel_ap", values=False))
+    assert list(gains["a"]) == ["musc Δard"] and gains["a"]["musc Δard"] == full["a"]["musc Δard"]
+    assert gains["wins vs none"] == {"musc Δard": "4/4"} and not main_table(frame, "pixel_ap", values=False).bold
+
+
+def test_the_cli_offers_every_kind_of_table():
+    from bench.cli import main
+    from bench.tables import KINDS
+
+    kind = next(p for p in main.commands["table"].params if p.name == "kind")
+    assert tuple(kind.type.choices) == KINDS

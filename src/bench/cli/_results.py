@@ -11,9 +11,11 @@ from bench.errors import BenchError
 
 @click.command()
 @store_options
-@click.option("--kind", type=click.Choice(["main", "decoders", "contamination"]), default="main", show_default=True,
+@click.option("--kind", type=click.Choice(["main", "gains", "decoders", "contamination"]), default="main", show_default=True,
               help="main: categories × methods with refiners side by side and the gain over none; "
-                   "decoders: per method, refiners as rows (mean ± std over seeds, best in bold) with their cost; "
+                   "gains: the same with only the gains (many refiners per category on one page); "
+                   "decoders: per method, refiners as rows (mean ± std over seeds and the gain over none, "
+                   "best in bold) with their cost; "
                    "contamination: metrics per pseudo-normal contamination ratio.")
 @click.option("--metric", "metrics", multiple=True,
               help="Metric(s) of the table (default: the four pixel metrics, or the image metrics of a store "
@@ -37,6 +39,7 @@ def table(out: Path, tracking_uri: str | None, experiment: str, kind: str, metri
       bench table
       bench table --kind contamination --format latex
       bench table --kind decoders --runs all      # mean ± std over the seeds of each configuration
+      bench table --kind gains --runs all         # every refiner's gain per category, side by side
       bench table --runs all --metric pixel_ap --format csv
     """
     import pandas as pd

@@ -19,7 +19,7 @@ demo: setup  ## the main job on the embedded default: every method x every refin
 
 test: setup  ## lint (ruff, rules in pyproject.toml), then the test suite
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # the slowest tests, to keep the suite under 15 min
 
 $(BIN)/.benchmarks: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[benchmarks]'

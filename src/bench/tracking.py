@@ -219,11 +219,13 @@ class Store:
             return load(Path(self.client.download_artifacts(run.info.run_id, REPLICATES, tmp)))
 
     def children(self, parent_id: str) -> list:
-        """Every (non-deleted) nested run under ``parent_id``, any status, all pages."""
+        """Every (non-deleted) nested run under ``parent_id``, any status, all pages, in the order they
+        started (MLflow's default is the newest first: tables would list refiners backwards)."""
         runs, token = [], None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000, page_token=token
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000,
+                order_by=["attributes.start_time ASC"], page_token=token
             )
             runs += list(page)
             token = page.token

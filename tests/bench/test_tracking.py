@@ -52,3 +52,14 @@ def test_empty_store_and_unwritable_out(tmp_path):
     blocked.write_text("")
     with pytest.raises(BenchError, match="--out .*file"):
         open_store(blocked / "sub")
+
+
+def test_units_come_in_the_order_they_were_logged(tmp_path):
+    """Tables list refiners in order of first appearance: the order of ``--refiners``, not backwards."""
+    store = open_store(tmp_path)
+    parent = store.start_parent("p", {})
+    refiners = ["none", "ard", "destseg", "guided"]
+    for refiner in refiners:
+        store.log_unit(parent, {"dataset": "d", "method": "m", "refiner": refiner, "contamination": 0,
+                                "category": "c", "seed": 0}, {"pixel_ap": 0.1}, {})
+    assert store.units(parent).refiner.tolist() == refiners

@@ -8,18 +8,24 @@ import yaml
 
 from bench.config import RunConfig
 
-# Parameters a run logs about what it resolved (not options of `bench run`).
-RESOLVED = ("dataset_resolved", "methods_resolved", "methods_skipped")
-
-
 def run_command(params: dict[str, str]) -> str:
     """``bench run --set seed=N --set KEY=VALUE ...`` with every logged option that differs from the
-    default (and the seed, always), so that the command gives the same configuration."""
+    default (and the seed, always), so that the command gives the same configuration.
+
+    Only options of ``bench run`` (``RunConfig``'s parameters) are replayed: what a run logs about
+    what it resolved (``dataset_resolved``, ``dataset_fingerprint``, ...) is not an option.
+    """
     defaults = RunConfig().to_params()
     settings = [f"seed={_yaml(params.get('seed', defaults['seed']))}"]
     settings += [f"{key}={_yaml(value)}" for key, value in sorted(params.items())
-                 if key not in RESOLVED and key != "seed" and _yaml(defaults.get(key, "")) != _yaml(value)]
+                 if _option(key, defaults) and key != "seed" and _yaml(defaults.get(key, "")) != _yaml(value)]
     return shlex.join(["bench", "run", *[part for item in settings for part in ("--set", item)]])
+
+
+def _option(key: str, defaults: dict[str, str]) -> bool:
+    """``key`` is an option of ``bench run``: a parameter of the defaults, or one below one
+    (``refiner_options.ard.steps``)."""
+    return key in defaults or key.split(".")[0] in defaults
 
 
 def _yaml(text: str) -> str:

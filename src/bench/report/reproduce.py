@@ -8,6 +8,7 @@ import yaml
 
 from bench.config import RunConfig
 
+
 def run_command(params: dict[str, str]) -> str:
     """``bench run --set seed=N --set KEY=VALUE ...`` with every logged option that differs from the
     default (and the seed, always), so that the command gives the same configuration.

@@ -40,6 +40,11 @@ def units() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_leaderboard_rows_in_the_order_the_run_logged_them_none_first():
+    frame = pd.concat([units().assign(refiner=name) for name in ("realnet", "none", "ard")])
+    assert [r.refiner for r in leaderboard(frame, ["pixel_ap_g2k"])] == ["none", "realnet", "ard"]
+
+
 def test_leaderboard_mean_std_over_seeds_best_and_gain_with_wins():
     rows = leaderboard(units(), ["pixel_ap_g2k", "pixel_auroc_g2k"])
     assert [(r.method, r.refiner) for r in rows] == [("musc", "none"), ("musc", "ard")]  # none first

@@ -71,7 +71,8 @@ class Row:
 
 
 def leaderboard(units: pd.DataFrame, metrics: list[str]) -> list[Row]:
-    """One row per method × refiner (``none`` first within a method), one cell per metric."""
+    """One row per method × refiner, in the order the run logged them (``none`` first within a
+    method), one cell per metric."""
     clean = clean_units(units)
     per_seed = (clean.groupby(["method", "refiner", "seed"])[metrics]
                 .agg(lambda values: values.mean(skipna=False)) * 100)
@@ -86,4 +87,6 @@ def leaderboard(units: pd.DataFrame, metrics: list[str]) -> list[Row]:
         unit = clean[(clean.method == method) & (clean.refiner == refiner)]
         costs = {key: float(unit[key].mean()) if key in unit else math.nan for key in COSTS}
         rows.append(Row(method, refiner, cells, costs, int(unit.seed.nunique())))
-    return sorted(rows, key=lambda r: (r.method, r.refiner != BASELINE, r.refiner))
+    methods = {m: i for i, m in enumerate(dict.fromkeys(clean.method))}
+    refiners = {r: i for i, r in enumerate(dict.fromkeys(clean.refiner))}  # as logged: the order of --refiners
+    return sorted(rows, key=lambda r: (methods[r.method], r.refiner != BASELINE, refiners[r.refiner]))

@@ -6,18 +6,22 @@ images are converted to RGB, and an alpha channel is ignored (the colour channel
 stored, not composited on a background). Modes without an unambiguous 8-bit reading (32-bit
 float, signed or wider integers) are an error naming the file. So are images whose header claims
 more pixels than Pillow's decompression-bomb limit allows (``Image.MAX_IMAGE_PIXELS`` × 2).
+
+Images and masks are read as a viewer shows them: an EXIF orientation tag (cameras store the
+pixels unrotated and tag them) is applied, since masks are drawn on the image as it is shown.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bench.errors import DatasetError
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": 16-bit PNGs in some Pillow versions
 NO_8_BIT_READING = ("F",)  # 32-bit float: no agreed range
+ORIENTATION = 0x0112  # the EXIF tag; values 5..8 swap width and height
 
 
 def _open(path: Path) -> Image.Image:
@@ -29,6 +33,7 @@ def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
     except Image.DecompressionBombError as exc:
         raise DatasetError(f"{path}: refused to decode ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -80,10 +85,12 @@ def _gray(path: Path) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image from its header, without decoding its pixels."""
+    """(height, width) of an image as shown (its EXIF orientation applied), from its header,
+    without decoding its pixels."""
     try:
         with Image.open(path) as image:
-            return image.height, image.width
+            turned = image.getexif().get(ORIENTATION) in (5, 6, 7, 8)
+            return (image.width, image.height) if turned else (image.height, image.width)
     except Image.DecompressionBombError as exc:
         raise DatasetError(f"{path}: refused to decode ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

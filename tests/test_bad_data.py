@@ -130,3 +130,21 @@ def test_exif_rotated_images_are_read_as_shown(base, tmp_path, out):
     units = [open_store(out).units(run_id(succeeds(run_args(root, out, "--methods", "musc"))))[METRICS]
              for root in (shown, tagged)]
     assert units[0].equals(units[1]), units
+
+
+def test_images_in_a_sub_folder_of_a_defect_folder(tree, out):
+    """Found in the third round: test/good/batch2/*.png were left out of the test set, exit 0."""
+    root, _, _ = tree
+    batch = root / "tile" / "test" / "good" / "batch2"
+    batch.mkdir()
+    for image in sorted((root / "tile" / "test" / "good").glob("*.png"))[:4]:
+        image.rename(batch / image.name)
+    fails(run_args(root, out, "--methods", "musc"), str(batch), "a folder inside test/good", "left out")
+
+
+def test_a_normal_folder_named_with_a_trailing_space(tree, out):
+    """Found in the third round: test/'good ' images counted as anomalous (folder layout without masks)."""
+    root, _, _ = tree
+    shutil.rmtree(root / "tile" / "ground_truth")
+    (root / "tile" / "test" / "good").rename(root / "tile" / "test" / "good ")
+    fails(run_args(root, out, "--methods", "musc"), "'good '", "named 'good' exactly")

@@ -162,9 +162,13 @@ def scan_test(root: Path, category: str, masks: bool, hint: str = "") -> list[Sc
         raise DatasetError(f"{test_dir}: category {category!r} has no test/ folder; {LAYOUT_HELP}")
     defects = sorted((p.name for p in subfolders(test_dir)), key=lambda d: (d != GOOD, d))
     for defect in defects:
-        if defect.lower() == GOOD and defect != GOOD:
+        if defect.strip().lower() == GOOD and defect != GOOD:
             raise DatasetError(f"{test_dir / defect}: the folder of normal images must be named {GOOD!r} exactly "
                                f"(as {defect!r}, its images would count as anomalous); rename it")
+        nested = subfolders(test_dir / defect)
+        if nested:
+            raise DatasetError(f"{nested[0]}: a folder inside test/{defect}; images are read from test/<defect>/ "
+                               "only, so its images would be left out; move them up a level or remove it")
     entries: list[ScannedImage] = []
     for defect in defects:
         images = list_images(test_dir / defect)

@@ -163,3 +163,18 @@ def test_table_reads_a_read_only_store(base, tmp_path):
             (out / "probe").write_text("")
         table = invoke(["table", "--out", out, "--metric", "pixel_auroc"])
     assert table.exit_code == 0 and "| tile" in table.output, table.output
+
+
+def test_readers_of_a_run_named_twice_or_unfinished_and_an_output_over_the_store(base, tmp_path):
+    """Found in the third round, each exit 0: `bench export --output <out>/mlflow.db` (and `bench
+    report`) replaced the store with its file; `--runs ID,ID` exported every row twice; a table of
+    an unfinished run (the latest when none finished) did not say so."""
+    out = tmp_path / "out"
+    parent = run_id(succeeds(run_args(base, out, *MUSC)))
+    for command in ("export", "report"):
+        fails([command, "--out", out, "--output", out / "mlflow.db"], "is an sqlite database", "refusing to overwrite")
+    once = succeeds(["export", "--out", out, "--runs", parent]).output
+    assert succeeds(["export", "--out", out, "--runs", f"{parent},{parent}"]).output == once
+    open_store(out).client.set_terminated(parent, status="FAILED")
+    table = succeeds(["table", "--out", out, "--metric", "pixel_auroc"]).output
+    assert f"Warning: run {parent} is FAILED, not finished" in table and "| tile" in table

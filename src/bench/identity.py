@@ -48,7 +48,7 @@ class Selection:
 
     units: pd.DataFrame  # Store.units() rows plus the column ``config``
     labels: dict[str, str]  # configuration id -> what differs from the others ("" when one)
-    notes: list[str] = field(default_factory=list)  # duplicated seeds, one line each
+    notes: list[str] = field(default_factory=list)  # unfinished runs, duplicated seeds: one line each
 
     def blocks(self) -> list[tuple[str, pd.DataFrame]]:
         """(configuration id, its units), in the order of first appearance."""
@@ -73,12 +73,16 @@ def select(store: Store, runs: str = "latest", replicates: bool = False) -> Sele
     elif runs == "latest":
         ids = None
     else:
-        ids = [r.strip() for r in runs.split(",") if r.strip()]
+        ids = list(dict.fromkeys(r.strip() for r in runs.split(",") if r.strip()))  # a run named twice counts once
     units = store.units(ids, replicates=replicates)
     chosen = parents[parents.run_id.isin(set(units.parent_id))].copy()
     chosen["config"] = [config_id(p) for p in chosen.params]
     chosen = chosen.sort_values("end_time", ascending=False, na_position="last", kind="stable")
     notes, keep = [], []
+    for run_id, status in zip(chosen.run_id, chosen.status):
+        if status != "FINISHED":
+            notes.append(f"run {run_id} is {status}, not finished: its numbers cover only the units it finished; "
+                         "rerun its `bench run` command to resume it")
     for (cid, seed), runs_of_seed in chosen.groupby(["config", "seed"], sort=False):
         keep.append(runs_of_seed.run_id.iloc[0])
         if len(runs_of_seed) > 1:

@@ -4,7 +4,8 @@
   syntax (``%``, ``?``, ``#``); MLflow's stray folder for such a path is removed again;
 - ``require_reachable``: a dead http(s) tracking server found in seconds (MLflow retries for minutes);
 - ``write_failure``: a store that cannot be written (full disk or database, read-only) as one
-  BenchError instead of MLflow's tracebacks.
+  BenchError instead of MLflow's tracebacks;
+- ``refuse_database``: a reader's ``--output`` that would overwrite an sqlite database (a store).
 """
 from __future__ import annotations
 
@@ -86,3 +87,19 @@ def require_reachable(tracking_uri: str) -> None:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise BenchError(f"--tracking-uri {tracking_uri}: no server answers there ({reason}); start one "
                          "(`bench server`) or check the address") from None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every sqlite database file
+
+
+def refuse_database(output: Path) -> None:
+    """A BenchError when ``output`` is an existing sqlite database: ``bench export --output
+    results/mlflow.db`` replaced the store it read with a CSV (and ``bench report`` with a page)."""
+    try:
+        with open(output, "rb") as handle:
+            is_database = handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return
+    if is_database:
+        raise BenchError(f"--output {output}: is an sqlite database (an MLflow store?); refusing to overwrite it, "
+                         "give another file name")

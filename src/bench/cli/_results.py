@@ -80,7 +80,10 @@ def export(out: Path, tracking_uri: str | None, experiment: str, runs: str, fmt:
       bench export --runs all --format json --output results.json
     """
     from bench.export import results_document, tidy, write
+    from bench.storeaccess import refuse_database
 
+    if output is not None:
+        refuse_database(output)
     store, selection = store_selection(out, tracking_uri, experiment, runs)
     text = write(tidy(selection) if fmt == "csv" else results_document(store, selection), fmt)
     if output is None:

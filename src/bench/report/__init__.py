@@ -12,6 +12,7 @@ from bench.errors import BenchError
 from bench.identity import Selection
 from bench.report.data import gather
 from bench.report.page import render
+from bench.storeaccess import refuse_database
 from bench.tracking import Store
 
 
@@ -23,6 +24,7 @@ def check_output(output: Path) -> Path:
     existing = next(folder for folder in output.absolute().parents if folder.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise BenchError(f"--output {output}: cannot write there; choose a writable place")
+    refuse_database(output)
     return output
 
 

@@ -20,6 +20,10 @@ from hostile import fails, invoke, run_args, run_id, succeeds
     (["--seed", str(2**64)], [f"invalid seed={2**64}", "< 2**64"]),  # torch's ValueError after the work
     (["--set", "figures=-1"], ["invalid figures=-1", ">= 0"]),
     (["--contamination", "0.1,0.1000000001"], ["0.1 given twice"]),  # one block key: the second was skipped
+    # found in the third round: logged with the run but never applied (exit 0), and a traceback
+    (["--set", "refiner_options.rad.steps=40"], ["refiner_options.rad", "unknown refiner 'rad'", "Did you mean 'ard'?"]),
+    (["--set", "method_options.mucs.k=1"], ["method_options.mucs", "unknown method 'mucs'", "Did you mean 'musc'?"]),
+    (["--set", "pgt.n_groups.x=1"], ["unknown config key 'pgt.n_groups.x'", "pgt.n_groups is a value"]),
 ])
 def test_bad_numbers_and_paths(base, out, extra, needles):
     fails(run_args(base, out, *extra), *needles)
@@ -28,6 +32,11 @@ def test_bad_numbers_and_paths(base, out, extra, needles):
 def test_a_number_for_a_path_is_that_folder():
     """``--set out=5``: the folder "5" (it raised a TypeError)."""
     assert apply_overrides(RunConfig(), parse_set(("out=5",))).out.name == "5"
+
+
+def test_one_number_for_the_contamination_sweep():
+    """``--set pgt.contamination=0.5`` (YAML ``contamination: 0.5``) raised a TypeError."""
+    assert apply_overrides(RunConfig(), parse_set(("pgt.contamination=0.5",))).pgt.contamination == (0.5,)
 
 
 def test_yaml_float_for_an_integer_option(base, out, tmp_path):

@@ -205,6 +205,9 @@ def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
         else:
             target[head] = value
         return
+    if not dataclasses.is_dataclass(target):
+        parent = full[: len(full) - len(dotted) - 1]
+        raise ConfigError(f"unknown config key {full!r}: {parent} is a value, not a section of options")
     names = {f.name for f in dataclasses.fields(target)}
     if head not in names:
         raise ConfigError(f"unknown config key {full!r}; known: {', '.join(sorted(names))}")
@@ -226,7 +229,8 @@ def _set_path(target: Any, dotted: str, value: Any, full: str = "") -> None:
             _set_path(current, str(key), item, f"{full}.{key}")
         return
     if head == "contamination":
-        value = parse_contamination(value if isinstance(value, str) else ",".join(map(str, value)))
+        items = value if isinstance(value, (list, tuple)) else [value]  # one number: one fraction
+        value = parse_contamination(value if isinstance(value, str) else ",".join(map(str, items)))
     elif isinstance(current, tuple):
         value = _as_tuple(current, value, full)
     elif isinstance(current, Path) or head in ("data_root", "out"):

@@ -22,7 +22,7 @@ from bench.data import choose_categories, open_dataset, select_categories
 from bench.errors import ConfigError, WeightsError
 from bench.interfaces import Backbone, Dataset, Method, Refiner
 from bench.protocol import check_group_sizes, make_groups
-from bench.registry import BACKBONES, METHODS, REFINERS
+from bench.registry import BACKBONES, METHODS, REFINERS, UnknownNameError
 from bench.resume import ResumeState
 
 
@@ -198,6 +198,18 @@ def build_refiners(names: Sequence[str], backbone: Backbone, config: RunConfig) 
     }
 
 
+def check_option_owners(config: RunConfig) -> None:
+    """Options given for a method or refiner that is not registered (a typo: ``refiner_options.rad``)
+    would be logged with the run but never applied: a ConfigError naming the key."""
+    for registry, options, key in ((METHODS, config.method_options, "method_options"),
+                                   (REFINERS, config.refiner_options, "refiner_options")):
+        for name in options:
+            try:
+                registry.entry(name)
+            except UnknownNameError as exc:
+                raise ConfigError(f"{key}.{name}: {exc}") from None
+
+
 def check_refiner_options(names: list[str], backbones: list[Backbone], config: RunConfig) -> None:
     """Build each refiner once per backbone, so that an unknown or ill-typed option is an error now
     (in a forked RNG: the check leaves the random state as it was)."""
@@ -236,6 +248,7 @@ def build_plan(config: RunConfig, methods: list[str] | None = None) -> RunPlan:
     """Check and set up a run (see the module docstring). ``methods``: exactly these (already
     resolved, never skipped: how a Ray worker rebuilds the plan of its run)."""
     config.validate()
+    check_option_owners(config)
     skip = methods is None and config.methods.strip() == "all"
     names = methods if methods is not None else METHODS.resolve(config.methods)
     refiners = ["none"] + [r for r in REFINERS.resolve(config.refiners) if r != "none"]

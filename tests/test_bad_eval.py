@@ -1,6 +1,7 @@
 """Issue 17, `bench eval`: maps are scored at their own precision, and a map or option that would
 give wrong numbers (wrong shape, empty, complex, out-of-range options) is one ``Error:`` line."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -74,3 +75,20 @@ def test_an_image_scored_twice(maps, base):
 def test_an_eval_size_beyond_memory_is_one_error_line(maps, base):
     """A side of 10^7 pixels asks for ~10^14 bytes per map: one Error line, no MemoryError traceback."""
     fails(eval_args(maps, base, "--eval-size", "10000000"), "out of memory", "--eval-size")
+
+
+def test_image_scores_saved_with_a_byte_order_mark(maps, base):
+    """Found in the third round: a spreadsheet's UTF-8 export was refused as lacking the column 'image'."""
+    rows = [f"{p.parent.name}/{p.stem},{int(p.parent.name != 'good')}" for p in (maps / "tile" / "test").rglob("*.npy")]
+    (maps / "tile" / "image_scores.csv").write_text("\ufeffimage,score\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert scores(maps, base)["image_auroc"] == pytest.approx(1.0)
+
+
+def test_pixel_metrics_of_a_category_with_masks_next_to_one_without(maps, base, tmp_path):
+    """Found in the third round: one category without ground_truth/ dropped every category's pixel metrics."""
+    root = shutil.copytree(base, tmp_path / "tree")
+    shutil.copytree(root / "tile" / "test", root / "plain" / "test")  # no ground_truth/: image metrics only
+    shutil.copytree(maps / "tile", maps / "plain")
+    got = json.loads(succeeds(eval_args(maps, root, "--dataset", "folder")).output)
+    assert got["tile"]["pixel_auroc"] == pytest.approx(1.0) and "pixel_auroc" not in got["plain"]
+    assert set(got["mean"]) == set(got["plain"])  # the mean of what every category has

@@ -163,7 +163,7 @@ def read_map(path: Path, precise: bool = False) -> np.ndarray:
 
 def read_scores(path: Path) -> dict[str, float]:
     try:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is not a column name
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or not {"image", "score"} <= set(reader.fieldnames):
                 found = ",".join(reader.fieldnames or []) or "nothing"
@@ -231,7 +231,8 @@ def check_memory(n_images: int, size: int) -> None:
 
 
 def evaluate_maps(dataset: Dataset, categories: list[str], maps_root: Path, size: int, mask_threshold: float = 0.5) -> dict[str, dict[str, float]]:
-    """Per-category metrics and their unweighted mean (key ``mean``)."""
+    """Per-category metrics and their unweighted mean (key ``mean``) of the metrics every category
+    has (a category without masks has image metrics only)."""
     check_options(size, mask_threshold)
     check_memory(max(len(dataset.test(c)) for c in categories), size)
     maps_root = Path(maps_root)
@@ -242,8 +243,9 @@ def evaluate_maps(dataset: Dataset, categories: list[str], maps_root: Path, size
         folder = maps_root / category
         if not folder.is_dir():
             raise BenchError(f"--maps {maps_root}: no folder for category {category!r} (expected {folder})")
-        results[category] = evaluate_category(dataset.test(category), folder, size, mask_threshold, dataset.has_masks)
-    keys = results[categories[0]].keys()
+        results[category] = evaluate_category(dataset.test(category), folder, size, mask_threshold,
+                                              dataset.category_has_masks(category))
+    keys = [k for k in results[categories[0]] if all(k in results[c] for c in categories)]  # pixel metrics: masks
     results["mean"] = {k: float(np.mean([results[c][k] for c in categories])) for k in keys}
     return results
 

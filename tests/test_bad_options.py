@@ -93,3 +93,4 @@ def test_a_yaml_key_given_twice(base, out, tmp_path):
     config.write_text("seed: 1\npgt:\n  n_groups: 2\n  n_groups: 3\n")
     fails(["run", "--config", config, *run_args(base, out)[1:]], str(config), "key 'n_groups' is given twice",
           "line 4")
+

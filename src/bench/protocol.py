@@ -9,6 +9,7 @@ it too; training-free refiners refine every group.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +70,8 @@ def select_pseudo_normals(
     The lowest-scored ``fraction`` of the group; then, for the stress test, ``contamination`` of
     that set (rounded) is replaced: its highest-scored true normals swap for true anomalies of
     the group drawn at random from those not selected. Ground truth is used only for this swap.
+    A group with too few anomalies swaps what it has, with a warning: the run still carries the
+    requested fraction as its label.
     """
     k = max(1, int(round(fraction * len(scores))))
     chosen = np.argsort(scores, kind="stable")[:k]
@@ -77,7 +80,11 @@ def select_pseudo_normals(
         return chosen
     outside = np.setdiff1d(np.flatnonzero(labels == 1), chosen)
     normals = chosen[labels[chosen] == 0]  # in ascending score order
-    n_swap = min(n_swap, len(outside), len(normals))
+    if n_swap > min(len(outside), len(normals)):
+        warnings.warn(f"pgt.contamination {contamination:g}: a group has too few anomalous images to swap "
+                      f"{n_swap} of its {k} pseudo-normals, so fewer were swapped (how many: the unit metric "
+                      "n_true_anomalies_in_pseudo)", stacklevel=2)
+        n_swap = min(len(outside), len(normals))
     drop = normals[len(normals) - n_swap :]
     add = rng.choice(outside, size=n_swap, replace=False)
     return np.concatenate([np.setdiff1d(chosen, drop, assume_unique=True), add])

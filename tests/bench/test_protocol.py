@@ -52,9 +52,11 @@ def test_contamination_puts_the_right_number_of_true_anomalies_in_the_set(contam
 
 
 def test_contamination_is_bounded_by_the_anomalies_available():
+    """Fewer swaps than asked, with a warning (it was silent, and the results kept the label 1.0)."""
     scores = np.arange(10, dtype=float)
     labels = np.array([0] * 9 + [1])
-    chosen = select_pseudo_normals(scores, labels, 0.5, 1.0, np.random.default_rng(0))
+    with pytest.warns(UserWarning, match="too few anomalous images to swap 5 of its 5 pseudo-normals"):
+        chosen = select_pseudo_normals(scores, labels, 0.5, 1.0, np.random.default_rng(0))
     assert labels[chosen].sum() == 1 and len(chosen) == 5
 
 

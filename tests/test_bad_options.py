@@ -94,3 +94,14 @@ def test_a_yaml_key_given_twice(base, out, tmp_path):
     fails(["run", "--config", config, *run_args(base, out)[1:]], str(config), "key 'n_groups' is given twice",
           "line 4")
 
+
+
+def test_a_yaml_merge_key(tmp_path):
+    """Found in the third round: ``<<: *anchor`` was refused ("could not determine a constructor")
+    by the loader that rejects keys given twice; a key of the mapping itself overrides the merged one."""
+    from bench.config import load_yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text("base: &b {n_groups: 3, pseudo_normal_fraction: 0.4}\npgt:\n  <<: *b\n  n_groups: 2\n")
+    loaded = load_yaml(config)
+    assert loaded["pgt.n_groups"] == 2 and loaded["pgt.pseudo_normal_fraction"] == 0.4

@@ -353,8 +353,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     keeps the last value silently)."""
 
     def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
-        for i, (key, (key_node, _)) in enumerate(zip(keys, node.value)):
+        own = [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]  # `<<: *anchor` merges
+        keys = [self.construct_object(key, deep=True) for key, _ in own]
+        for i, (key, (key_node, _)) in enumerate(zip(keys, own)):
             if key in keys[:i]:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice", key_node.start_mark)

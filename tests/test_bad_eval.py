@@ -92,3 +92,19 @@ def test_pixel_metrics_of_a_category_with_masks_next_to_one_without(maps, base, 
     got = json.loads(succeeds(eval_args(maps, root, "--dataset", "folder")).output)
     assert got["tile"]["pixel_auroc"] == pytest.approx(1.0) and "pixel_auroc" not in got["plain"]
     assert set(got["mean"]) == set(got["plain"])  # the mean of what every category has
+
+
+def test_external_maps_of_another_aspect_ratio(maps, base, tmp_path):
+    """Found in the third round: `bench run --methods external` stretched a transposed map onto its
+    image (pixel AUROC 96.9 -> 44.6, exit 0) where `bench eval` refuses it."""
+    from PIL import Image
+
+    from hostile import run_args
+
+    root = shutil.copytree(base, tmp_path / "tree")
+    image = sorted((root / "tile" / "test" / "good").glob("*.png"))[0]
+    Image.open(image).resize((64, 40)).save(image)  # 64 wide, 40 high
+    victim = first_good(maps)
+    np.save(victim, np.zeros((64, 40), np.float32))  # 40 wide, 64 high
+    fails(run_args(root, tmp_path / "out", "--methods", "external", "--set",
+                   f"method_options.external.maps_dir={maps}"), str(victim), "map is 40x64 but its image is 64x40")

@@ -50,45 +50,55 @@ class Sample:
 class FeatureSet:
     """Frozen-backbone output for a batch: named patch maps ``(B, C, h, w)`` and a global embedding.
 
-    ``keys`` and ``category`` say which images the rows are (``Sample.key``, i.e.
-    ``<defect>/<file stem>``, and the category), so that a method can look up per-image data
-    that the features cannot carry (``external`` reads maps from files). The Runner's stream
-    builder fills them for a category's test images; images with no file (PGT's synthetic
-    anomalies) have ``keys=None``. They follow ``select`` and ``concat``; a concat of keyed and
-    unkeyed parts has ``keys=None``.
+    ``keys``, ``shapes`` and ``category`` say which images the rows are (``Sample.key``, i.e.
+    ``<defect>/<file stem>``, the image's (height, width) as read, and the category), so that a
+    method can look up per-image data that the features cannot carry (``external`` reads maps
+    from files and checks their aspect ratio). The Runner's stream builder fills them for a
+    category's test images; images with no file (PGT's synthetic anomalies) have ``keys=None``.
+    They follow ``select`` and ``concat``; a concat of keyed and unkeyed parts has ``keys=None``.
     """
 
     layers: dict[str, torch.Tensor]
     embedding: torch.Tensor  # (B, D)
     keys: list[str] | None = None  # one Sample.key per row, or None (unknown / synthetic images)
     category: str | None = None
+    shapes: list[tuple[int, int]] | None = None  # one image (height, width) per row, or None
 
     def __len__(self) -> int:
         return self.embedding.shape[0]
 
     def select(self, index: torch.Tensor | list[int] | slice) -> "FeatureSet":
-        keys = None
-        if self.keys is not None:
-            if isinstance(index, slice):
-                keys = self.keys[index]
-            else:
-                rows = torch.as_tensor(index).reshape(-1)
-                if rows.dtype == torch.bool:
-                    rows = rows.nonzero().reshape(-1)
-                keys = [self.keys[int(i)] for i in rows]
-        return FeatureSet({k: v[index] for k, v in self.layers.items()}, self.embedding[index], keys, self.category)
+        return FeatureSet({k: v[index] for k, v in self.layers.items()}, self.embedding[index],
+                          _rows(self.keys, index), self.category, _rows(self.shapes, index))
 
     @staticmethod
     def concat(parts: list["FeatureSet"]) -> "FeatureSet":
         names = parts[0].layers
-        keyed = all(p.keys is not None for p in parts)
         categories = {p.category for p in parts}
         return FeatureSet(
             {k: torch.cat([p.layers[k] for p in parts]) for k in names},
             torch.cat([p.embedding for p in parts]),
-            [key for p in parts for key in p.keys] if keyed else None,
+            _joined([p.keys for p in parts]),
             categories.pop() if len(categories) == 1 else None,
+            _joined([p.shapes for p in parts]),
         )
+
+
+def _rows(values: list | None, index: torch.Tensor | list[int] | slice) -> list | None:
+    """The items of a per-row list at ``index`` (as tensor indexing picks rows); None stays None."""
+    if values is None:
+        return None
+    if isinstance(index, slice):
+        return values[index]
+    rows = torch.as_tensor(index).reshape(-1)
+    if rows.dtype == torch.bool:
+        rows = rows.nonzero().reshape(-1)
+    return [values[int(i)] for i in rows]
+
+
+def _joined(parts: list[list | None]) -> list | None:
+    """Per-row lists of concatenated parts, or None when a part has none."""
+    return None if any(p is None for p in parts) else [v for p in parts for v in p]
 
 
 @dataclass

@@ -52,6 +52,7 @@ def build_stream(samples: list[Sample], backbone: Backbone, batch_size: int, pro
 
     images, features = encode(backbone, list(pixels), batch_size, cache, bar)
     features.keys = [s.key for s in samples]
+    features.shapes = [s.image.shape[:2] for s in samples]
     categories = {s.category for s in samples}
     features.category = categories.pop() if len(categories) == 1 else None
     labels = np.array([s.label for s in samples])

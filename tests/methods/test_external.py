@@ -48,6 +48,10 @@ def test_keys_and_category_follow_select_and_concat():
     assert synthetic.keys is None and synthetic.category is None
     assert FeatureSet.concat([fs, synthetic]).keys is None  # unknown images make the whole set unkeyed
     assert FeatureSet.concat([fs, _keyed(["x/0"], "other")]).category is None
+    shaped = FeatureSet(fs.layers, fs.embedding, fs.keys, "cat", [(1, 1), (2, 2), (3, 3), (4, 4)])
+    assert shaped.select(torch.tensor([False, True, False, True])).shapes == [(2, 2), (4, 4)]
+    assert FeatureSet.concat([shaped.select([3]), shaped.select(slice(0, 1))]).shapes == [(4, 4), (1, 1)]
+    assert FeatureSet.concat([shaped, synthetic]).shapes is None
 
 
 # --------------------------------------------------------------------------- the method

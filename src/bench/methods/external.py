@@ -17,7 +17,8 @@ How the method knows which images it scores: the Runner's stream builder fills
 ``concat`` carry them, so every subset that the protocol scores still names its images. The
 features themselves are not used.
 
-Maps are resized (bilinear) to ``map_size`` (default: the backbone's input size, set by
+A map has its image's aspect ratio or is square (``check_aspect``, as ``bench eval``); maps are
+resized (bilinear) to ``map_size`` (default: the backbone's input size, set by
 ``bind``), the resolution the protocol's coarse maps and refiners work at.
 
 Limitation, by design: PGT's synthetic training images (anomalies pasted on pseudo-normals) have
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError, ConfigError
-from bench.evaluation import SCORES_FILE, read_map, read_scores
+from bench.evaluation import SCORES_FILE, check_aspect, read_map, read_scores
 from bench.interfaces import Backbone, Method, MethodInfo
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
@@ -76,9 +77,12 @@ class External(Method):
             self.map_size = int(backbone.input_size)
             self._maps.clear()
 
-    def _map(self, category: str, key: str) -> torch.Tensor:
+    def _map(self, category: str, key: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
         if (category, key) not in self._maps:
-            raw = torch.from_numpy(read_map(self.maps_dir / category / "test" / f"{key}.npy"))
+            path = self.maps_dir / category / "test" / f"{key}.npy"
+            raw = torch.from_numpy(read_map(path))
+            if image_shape is not None:  # a map of another aspect ratio would be stretched onto its image
+                check_aspect(raw.numpy(), image_shape, path)
             size = self.map_size or raw.shape[-1]
             if tuple(raw.shape) != (size, size):
                 raw = F.interpolate(raw[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
@@ -103,7 +107,8 @@ class External(Method):
         if not features.keys:
             size = self.map_size or 1
             return ScoreOutput(torch.zeros(0), torch.zeros(0, size, size))
-        maps = torch.stack([self._map(category, key) for key in features.keys])
+        shapes = features.shapes or [None] * len(features.keys)
+        maps = torch.stack([self._map(category, key, shape) for key, shape in zip(features.keys, shapes)])
         given = self._category_scores(category)
         if given is not None:
             missing = [k for k in features.keys if k not in given]

@@ -7,7 +7,7 @@ stored, not composited on a background). Modes without an unambiguous 8-bit read
 float, signed or wider integers) are an error naming the file. So are images whose header claims
 more pixels than Pillow's decompression-bomb limit allows (``Image.MAX_IMAGE_PIXELS`` × 2).
 
-Images and masks are read as a viewer shows them: an EXIF orientation tag (cameras store the
+Masks: a transparent pixel is background. Images and masks are read as a viewer shows them: an EXIF orientation tag (cameras store the
 pixels unrotated and tag them) is applied, since masks are drawn on the image as it is shown.
 """
 from __future__ import annotations
@@ -72,13 +72,18 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def _gray(path: Path) -> np.ndarray:
-    """A mask's values, H×W, at their own depth (16-bit masks are not clipped to 255)."""
+    """A mask's values, H×W, at their own depth (16-bit masks are not clipped to 255); a
+    transparent pixel is 0: a mask drawn on a transparent layer is its opaque strokes, whatever
+    colour its transparent pixels store."""
     image = _open(path)
     if image.mode in SIXTEEN_BIT:
         return _sixteen_bit(image, Path(path))
     if image.mode in NO_8_BIT_READING:
         raise _unsupported(image, Path(path))
     try:
+        if "A" in image.getbands() or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            return np.where(np.asarray(rgba)[..., 3] > 0, np.asarray(rgba.convert("L")), 0).astype(np.uint8)
         return np.asarray(image.convert("L"))
     except ValueError:
         raise _unsupported(image, Path(path)) from None

@@ -178,3 +178,14 @@ def test_readers_of_a_run_named_twice_or_unfinished_and_an_output_over_the_store
     open_store(out).client.set_terminated(parent, status="FAILED")
     table = succeeds(["table", "--out", out, "--metric", "pixel_auroc"]).output
     assert f"Warning: run {parent} is FAILED, not finished" in table and "| tile" in table
+
+
+def test_seeds_run_with_and_without_the_cache_are_one_configuration(base, tmp_path):
+    """Found in the third round: `--no-cache` (or `--set figures=0`) on one seed made it another
+    configuration, so `--runs all` showed blocks of one seed each instead of their mean."""
+    out = tmp_path / "out"
+    cached_run(base, out, "--seed", "0")
+    succeeds(run_args(base, out, *MUSC, "--seed", "1", "--set", "figures=0"))
+    table = succeeds(["table", "--out", out, "--runs", "all", "--metric", "pixel_auroc"]).output
+    rows = [line for line in table.splitlines() if line.startswith("| tile")]
+    assert len(rows) == 1 and "±" in rows[0], table  # one block: the mean ± std of the two seeds

@@ -1,8 +1,8 @@
 """Run identity: which runs are seeds of one configuration, and which are different configurations.
 
 A configuration is a run's parameters (everything ``bench run`` logs on its parent run, the
-resolved dataset included) without the seed, where results go, or how many bootstrap resamples
-its intervals used. Tables average over seeds only within a configuration: ``--runs all`` on a
+resolved dataset included) without the seed, where results go or how (cache, figures), or how
+many bootstrap resamples its intervals used. Tables average over seeds only within a configuration: ``--runs all`` on a
 store holding several shows one block per configuration, labelled by the parameters that differ.
 A seed that appears in several finished runs of one configuration is counted once (the run that
 finished last) and flagged.
@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.resume import NOT_IN_HASH
 from bench.tracking import Store
 
-# Parameters that do not change what a run computes (where and how it ran, its seed, how many
-# bootstrap resamples its intervals used).
-NOT_IDENTITY = ("seed", "bootstrap", "out", "tracking_uri", "resume", "executor", "ray_address")
+# Parameters that do not change what a run computes: its seed, how many bootstrap resamples its
+# intervals used, and those that a resume ignores too (where and how it ran: out, cache, figures, ...).
+NOT_IDENTITY = ("seed", "bootstrap", *NOT_IN_HASH)
 
 
 def config_id(params: dict[str, str]) -> str:

@@ -105,3 +105,15 @@ def test_a_yaml_merge_key(tmp_path):
     config.write_text("base: &b {n_groups: 3, pseudo_normal_fraction: 0.4}\npgt:\n  <<: *b\n  n_groups: 2\n")
     loaded = load_yaml(config)
     assert loaded["pgt.n_groups"] == 2 and loaded["pgt.pseudo_normal_fraction"] == 0.4
+
+
+def test_out_inside_the_data_root(base, tmp_path):
+    """Found in the third round: the first run wrote its store into the dataset, the next one failed
+    on 'category artifacts has no test/ folder'; now nothing is written."""
+    import shutil
+
+    root = shutil.copytree(base, tmp_path / "tree")
+    before = sorted(p.name for p in root.iterdir())
+    for out in (root, root / "results"):
+        fails(run_args(root, out), f"--out {out} is inside --data-root {root}")
+    assert sorted(p.name for p in root.iterdir()) == before

@@ -210,6 +210,17 @@ def check_option_owners(config: RunConfig) -> None:
                 raise ConfigError(f"{key}.{name}: {exc}") from None
 
 
+def check_out_outside_data(config: RunConfig) -> None:
+    """Results written inside the dataset would be read as part of it by the next run (its store,
+    cache and artifacts folders as categories): a ConfigError before anything is written."""
+    if config.data_root is None:
+        return
+    out, root = Path(config.out).resolve(), Path(config.data_root).expanduser().resolve()
+    if out == root or root in out.parents:
+        raise ConfigError(f"--out {config.out} is inside --data-root {config.data_root}: the results folder would "
+                          "become part of the dataset; choose a folder outside it")
+
+
 def check_refiner_options(names: list[str], backbones: list[Backbone], config: RunConfig) -> None:
     """Build each refiner once per backbone, so that an unknown or ill-typed option is an error now
     (in a forked RNG: the check leaves the random state as it was)."""
@@ -249,6 +260,7 @@ def build_plan(config: RunConfig, methods: list[str] | None = None) -> RunPlan:
     resolved, never skipped: how a Ray worker rebuilds the plan of its run)."""
     config.validate()
     check_option_owners(config)
+    check_out_outside_data(config)
     skip = methods is None and config.methods.strip() == "all"
     names = methods if methods is not None else METHODS.resolve(config.methods)
     refiners = ["none"] + [r for r in REFINERS.resolve(config.refiners) if r != "none"]

@@ -108,3 +108,18 @@ def test_external_maps_of_another_aspect_ratio(maps, base, tmp_path):
     np.save(victim, np.zeros((64, 40), np.float32))  # 40 wide, 64 high
     fails(run_args(root, tmp_path / "out", "--methods", "external", "--set",
                    f"method_options.external.maps_dir={maps}"), str(victim), "map is 40x64 but its image is 64x40")
+
+
+def test_maps_of_one_category_mixing_uint8_and_float(maps, base, tmp_path):
+    """Found in the fourth round: half the maps as uint8 0..255, half as float 0..1, were pooled as
+    one scale (pixel AUROC 93.6 -> 71.3, exit 0); the same in `bench run --methods external`."""
+    from hostile import run_args
+
+    for path in maps.rglob("*.npy"):
+        np.save(path, (np.load(path) * 255).astype(np.uint8))
+    assert scores(maps, base)["pixel_auroc"] == pytest.approx(1.0)  # all uint8 is one scale
+    victim = first_good(maps)
+    np.save(victim, np.load(victim).astype(np.float32) / 255)
+    fails(eval_args(maps, base), str(victim), "(floating point)", "(uint8)", "mix value types")
+    fails(run_args(base, tmp_path / "out", "--methods", "external", "--set",
+                   f"method_options.external.maps_dir={maps}"), "(floating point)", "(uint8)", "mix value types")

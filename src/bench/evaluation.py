@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,9 +134,10 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, maps: torch.Tensor, masks: 
     return metrics
 
 
-def read_map(path: Path, precise: bool = False) -> np.ndarray:
+def read_map(path: Path, precise: bool = False, scales: MapScales | None = None) -> np.ndarray:
     """One H×W float32 map, with errors that name the file; ``precise``: float64 (and wide
-    integer) maps stay float64, as ``bench eval`` scores them."""
+    integer) maps stay float64, as ``bench eval`` scores them; ``scales``: the category's maps read
+    so far, which this one must share a value scale with."""
     if not path.is_file():
         raise BenchError(f"missing map {path}: expected one .npy per test image as <category>/test/<defect>/<name>.npy")
     with path.open("rb") as handle:
@@ -151,6 +153,8 @@ def read_map(path: Path, precise: bool = False) -> np.ndarray:
         raise BenchError(f"{path}: expected a 2-D real numeric map (H×W), got shape {data.shape} of {data.dtype}")
     if data.size == 0:
         raise BenchError(f"{path}: the map is empty ({data.shape[1]}x{data.shape[0]} pixels)")
+    if scales is not None:
+        scales.check(data.dtype, path)
     # float16/float32 and small integers are exact in float32; wider values stay float64 if ``precise``
     wide = np.result_type(data.dtype, np.float32) != np.float32
     with np.errstate(over="ignore"):
@@ -159,6 +163,27 @@ def read_map(path: Path, precise: bool = False) -> np.ndarray:
         beyond = " (or values beyond float32's range)" if wide and not precise else ""
         raise BenchError(f"{path}: the map holds NaN or infinite values{beyond}")
     return data
+
+
+class MapScales:
+    """The value scale of one category's maps: floating point (any width), or one integer type.
+
+    Pixel metrics pool the pixels of all maps, so maps saved as uint8 0..255 next to float 0..1
+    ones would rank every pixel of the first above the second (pixel AUROC 93.6 -> 71.3); such a
+    mix is refused, naming a map of each kind."""
+
+    def __init__(self) -> None:
+        self.first: tuple[str, Path] | None = None
+        self.lock = threading.Lock()  # maps are read on several threads
+
+    def check(self, dtype: np.dtype, path: Path) -> None:
+        kind = "floating point" if np.issubdtype(dtype, np.floating) else str(dtype)
+        with self.lock:
+            if self.first is None:
+                self.first = (kind, path)
+        if self.first[0] != kind:
+            raise BenchError(f"{self.first[1]} ({self.first[0]}) and {path} ({kind}): the maps of one category "
+                             "mix value types, so their values are on different scales; save them all as one type")
 
 
 def read_scores(path: Path) -> dict[str, float]:
@@ -187,9 +212,11 @@ def read_scores(path: Path) -> dict[str, float]:
 def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_threshold: float, has_masks: bool) -> dict[str, float]:
     """Metrics of one category's maps resized to ``size`` at their own precision (float64 maps
     stay float64); image scores from the CSV or the map maximum."""
+    scales = MapScales()
+
     def read(sample: Sample) -> np.ndarray:
         path = folder / "test" / sample.defect / f"{Path(sample.path).stem}.npy"
-        array = read_map(path, precise=True)
+        array = read_map(path, precise=True, scales=scales)
         check_aspect(array, image_size(sample.path), path)
         return array
 

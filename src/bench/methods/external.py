@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError, ConfigError
-from bench.evaluation import SCORES_FILE, check_aspect, read_map, read_scores
+from bench.evaluation import SCORES_FILE, MapScales, check_aspect, read_map, read_scores
 from bench.interfaces import Backbone, Method, MethodInfo
 from bench.records import FeatureSet, ScoreOutput
 from bench.registry import METHODS
@@ -60,6 +60,7 @@ class External(Method):
         self.map_size = None if map_size is None else int(map_size)
         self._maps: dict[tuple[str, str], torch.Tensor] = {}  # (category, key) → (S, S), resized
         self._scores: dict[str, dict[str, float] | None] = {}  # category → CSV scores or None
+        self._scales: dict[str, MapScales] = {}  # category → the value type of its maps
         self.info = MethodInfo(
             name="external",
             paper="maps produced elsewhere (any method), read from .npy files",
@@ -80,7 +81,7 @@ class External(Method):
     def _map(self, category: str, key: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
         if (category, key) not in self._maps:
             path = self.maps_dir / category / "test" / f"{key}.npy"
-            raw = torch.from_numpy(read_map(path))
+            raw = torch.from_numpy(read_map(path, scales=self._scales.setdefault(category, MapScales())))
             if image_shape is not None:  # a map of another aspect ratio would be stretched onto its image
                 check_aspect(raw.numpy(), image_shape, path)
             size = self.map_size or raw.shape[-1]

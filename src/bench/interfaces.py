@@ -180,6 +180,12 @@ class Method(ABC):
         tower (``backbone.encode_text``); ``external`` takes its map size from it.
         """
 
+    def input_files(self) -> list[Path]:
+        """Files the method reads besides the dataset (e.g. maps made elsewhere). They are part of
+        the dataset fingerprint, so a run is not resumed on blocks computed from other files.
+        Default: none."""
+        return []
+
     @abstractmethod
     def score(self, features: FeatureSet, reference: FeatureSet | None = None) -> ScoreOutput:
         """Score a batch.

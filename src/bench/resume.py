@@ -27,9 +27,10 @@ A FINISHED parent with the same hash does not block anything: a new parent start
 ``RunConfig.resume = False`` (``bench run --no-resume``) always starts a new parent.
 
 The dataset is part of the identity: ``dataset_fingerprint`` (each test image's and mask's path,
-size and modification time) is a parameter of the parent, so blocks computed on other files are
-never mixed with new ones. When the files changed since an unfinished run of the same options
-(tag ``bench.options_hash``), a new parent starts and a line says so.
+size and modification time, and those of the files a method reads, ``Method.input_files``) is a
+parameter of the parent, so blocks computed on other files are never mixed with new ones. When
+the files changed since an unfinished run of the same options (tag ``bench.options_hash``), a new
+parent starts and a line says so.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,19 +72,18 @@ def config_hash(params: dict[str, object]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def dataset_fingerprint(dataset: Dataset, categories: list[str]) -> str:
+def dataset_fingerprint(dataset: Dataset, categories: list[str], inputs: Sequence[Path] = ()) -> str:
     """sha256 (16 hex digits) of the test files of ``categories``: each image's and mask's path
-    relative to the dataset root, size and modification time, in order. Files are stat'ed, not read."""
+    relative to the dataset root, size and modification time, in order; then the same of the
+    methods' ``inputs`` (``Method.input_files``). Files are stat'ed, not read."""
     digest = hashlib.sha256()
     root = Path(dataset.root).resolve()
-    for category in categories:
-        for sample in dataset.test(category):
-            for path in (sample.path, sample.mask_path):
-                if path is None:
-                    continue
-                stat = Path(path).stat()
-                name = os.path.relpath(Path(path).resolve(), root)
-                digest.update(f"{category}|{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    files = [(category, path) for category in categories for sample in dataset.test(category)
+             for path in (sample.path, sample.mask_path) if path is not None]
+    for category, path in [*files, *(("input", path) for path in inputs)]:
+        stat = Path(path).stat()
+        name = os.path.relpath(Path(path).resolve(), root)
+        digest.update(f"{category}|{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -177,7 +178,8 @@ def start_or_resume(store: Store, name: str, params: dict[str, str], resume: boo
             stale = find_unfinished(store, options, OPTIONS_TAG) if resume else None
             if stale is not None:
                 say(f"run {stale.info.run_id} of the same options is unfinished, but the dataset's files changed "
-                    "since it started (added, removed or modified); starting a new run instead of resuming it")
+                    "since it started, or a method's input files did (added, removed or modified); starting a new "
+                    "run instead of resuming it")
             parent = store.start_parent(name, params, tags={HASH_TAG: digest, OPTIONS_TAG: options, **_owner_tags()})
             return ResumeState(parent)
         parent = candidate.info.run_id

@@ -143,8 +143,9 @@ class Runner:
         dataset = self.dataset
         store = self.store
         methods = list(plan.methods)
+        inputs = [f for bound in plan.methods.values() for f in bound.method.input_files()]
         params = {**cfg.to_params(), "data_root": str(dataset.root.resolve()), "dataset_resolved": dataset.name,
-                  FINGERPRINT: dataset_fingerprint(dataset, plan.categories),
+                  FINGERPRINT: dataset_fingerprint(dataset, plan.categories, inputs),
                   "methods_resolved": ",".join(methods), "methods_skipped": ",".join(plan.skipped) or "-"}
         # a new parent run, or the unfinished one of the same config (bench.resume)
         state = self.resume_state = start_or_resume(store, run_name(dataset.name, methods, list(plan.refiners), params),

@@ -78,6 +78,11 @@ class External(Method):
             self.map_size = int(backbone.input_size)
             self._maps.clear()
 
+    def input_files(self) -> list[Path]:
+        """Every file under ``maps_dir``: maps made again after an interrupted run are a new run
+        (resuming kept the blocks scored from the old maps: pixel AUROC 94.7 where they give 5.3)."""
+        return sorted(p for p in self.maps_dir.rglob("*") if p.is_file())
+
     def _map(self, category: str, key: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
         if (category, key) not in self._maps:
             path = self.maps_dir / category / "test" / f"{key}.npy"

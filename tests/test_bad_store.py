@@ -71,7 +71,23 @@ def test_external_maps_changed_under_an_unfinished_run_start_a_new_one(base, tmp
     open_store(out).client.set_terminated(first, status="FAILED")
     target.write_bytes(target.read_bytes() + b"\0")  # any change of a map file: size or time
     second = succeeds(args)
-    assert run_id(second) != first and "or a method's input files did" in second.output
+    assert run_id(second) != first and "or the run's other input files did" in second.output
+
+
+def test_a_weights_file_replaced_under_an_unfinished_run_starts_a_new_one(base, tmp_path):
+    """The resume identity held the path of --weights FILE, not the file: a checkpoint replaced at
+    the same path would have been resumed over (seen in the fourth round, for the lead)."""
+    from bench.backbones.efficientnet_lite import imagenet_weights_path
+
+    weights, out = shutil.copy(imagenet_weights_path(), tmp_path / "lite0.pth"), tmp_path / "out"
+    args = run_args(base, out, *MUSC, "--weights", weights)
+    first = run_id(succeeds(args))
+    open_store(out).client.set_terminated(first, status="FAILED")  # as if killed
+    assert run_id(succeeds(args)) == first  # the same file: resumed
+    open_store(out).client.set_terminated(first, status="FAILED")
+    os.utime(weights, ns=(0, 0))  # replaced: another modification time
+    second = succeeds(args)
+    assert run_id(second) != first and "or the run's other input files did" in second.output
 
 
 @pytest.mark.parametrize("name", ["outp%41b", "outq?x", "out#1"])

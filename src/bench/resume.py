@@ -27,8 +27,9 @@ A FINISHED parent with the same hash does not block anything: a new parent start
 ``RunConfig.resume = False`` (``bench run --no-resume``) always starts a new parent.
 
 The dataset is part of the identity: ``dataset_fingerprint`` (each test image's and mask's path,
-size and modification time, and those of the files a method reads, ``Method.input_files``) is a
-parameter of the parent, so blocks computed on other files are never mixed with new ones. When
+size and modification time, and those of the files a method reads, ``Method.input_files``, and of
+``--weights FILE``) is a parameter of the parent, so blocks computed on other files are never
+mixed with new ones. When
 the files changed since an unfinished run of the same options (tag ``bench.options_hash``), a new
 parent starts and a line says so.
 """
@@ -178,8 +179,8 @@ def start_or_resume(store: Store, name: str, params: dict[str, str], resume: boo
             stale = find_unfinished(store, options, OPTIONS_TAG) if resume else None
             if stale is not None:
                 say(f"run {stale.info.run_id} of the same options is unfinished, but the dataset's files changed "
-                    "since it started, or a method's input files did (added, removed or modified); starting a new "
-                    "run instead of resuming it")
+                    "since it started, or the run's other input files did (a method's, --weights; added, removed or "
+                    "modified); starting a new run instead of resuming it")
             parent = store.start_parent(name, params, tags={HASH_TAG: digest, OPTIONS_TAG: options, **_owner_tags()})
             return ResumeState(parent)
         parent = candidate.info.run_id

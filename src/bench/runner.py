@@ -144,6 +144,8 @@ class Runner:
         store = self.store
         methods = list(plan.methods)
         inputs = [f for bound in plan.methods.values() for f in bound.method.input_files()]
+        if Path(cfg.weights).expanduser().is_file():  # --weights FILE: replacing it must not be resumed over
+            inputs.append(Path(cfg.weights).expanduser())
         params = {**cfg.to_params(), "data_root": str(dataset.root.resolve()), "dataset_resolved": dataset.name,
                   FINGERPRINT: dataset_fingerprint(dataset, plan.categories, inputs),
                   "methods_resolved": ",".join(methods), "methods_skipped": ",".join(plan.skipped) or "-"}

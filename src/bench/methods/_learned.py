@@ -190,6 +190,12 @@ class LearnedMethod(Method):
         self.info.settings.update(settings, **self.bound_settings(source))
         self.on_bind(backbone)
 
+    def input_files(self) -> list[Path]:
+        """The checkpoint file the bound parameters came from (none when untrained): a checkpoint
+        replaced under an unfinished run makes a new run, not a resume (``bench.resume``)."""
+        path = self.info.settings.get("checkpoint")
+        return [Path(str(path))] if path and path != UNTRAINED else []
+
     def require_bound(self) -> nn.Module:
         """The learned module; a ConfigError before ``bind``."""
         if self.learned is None or self.backbone is None:

@@ -212,6 +212,10 @@ def hand_text(model, ids, static, dynamic, length, depth):
     return model.ln_final(x)[torch.arange(len(ids)), ids.argmax(dim=-1)] @ model.text_projection
 
 
+def test_an_untrained_method_reads_no_input_file(bound):
+    assert bound[0].input_files() == []
+
+
 def test_prompted_text_tower_by_hand(bound):
     _, backbone = bound
     model = backbone.model
@@ -303,6 +307,7 @@ def test_official_checkpoint_and_our_format(few_templates, tmp_path):
     # layers given deepest first: the official patch heads still go in increasing depth
     backbone = _backbone(method, layers=("block12", "block9", "block6", "block3"))
     method.bind(backbone)
+    assert method.input_files() == [path.resolve()]  # in the resume fingerprint: a replaced checkpoint is a new run
     assert method.layers == ("block3", "block6", "block9", "block12")
     head, extra = method.learned, backbone.extras[AP.NAME]
     assert torch.equal(head.patch[0].weight, raw["clip_model.patch_token_layer.head.0.weight"])

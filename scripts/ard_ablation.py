@@ -37,6 +37,8 @@ def bench(*args: str) -> None:
         cli.main(list(args), prog_name="bench", standalone_mode=False)
     except click.ClickException as exc:
         sys.exit(f"Error: {exc.format_message()}")
+    except click.Abort:  # Ctrl-C: the run is resumed by the same command
+        sys.exit("Aborted!")
 
 
 def dataset_args(spec: str, out: Path) -> list[str]:

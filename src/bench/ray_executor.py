@@ -62,12 +62,14 @@ def ray_cluster(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptio
                 raise BenchError(f"--executor ray: a task was lost ({' '.join(str(exc).split())[:300]}); "
                                  "run the same command again to resume the run") from None
     finally:
-        for ref in pending:
-            ray.cancel(ref)
-        if started or (local and ray.is_initialized()):  # also a start that Ctrl-C cut short
-            ray.shutdown()
-        if ours is not None:
-            ours.stop()
+        try:
+            for ref in pending:
+                ray.cancel(ref)
+            if started or (local and ray.is_initialized()):  # also a start that Ctrl-C cut short
+                ray.shutdown()
+        finally:  # even when the cancel or the shutdown fails (its raylet already gone after a Ctrl-C)
+            if ours is not None:
+                ours.stop()
 
 
 def _call(fn: Callable[[T], R], task: T) -> R:

@@ -185,3 +185,28 @@ def test_local_processes_stop_kills_orphans_left_below_this_process():
     assert len(orphans) == 1  # re-parented here, not to init
     ours.stop(grace_s=0.5)
     assert not descendants() & orphans and not Path(f"/proc/{orphans.pop()}").exists()
+
+
+def test_the_local_cluster_is_reaped_even_when_its_shutdown_fails(monkeypatch):
+    """After a Ctrl-C the raylet may be gone first and ``ray.shutdown`` fail: the reaper must still run
+    (a Ray agent was once left behind by the interrupted-run test)."""
+    import ray
+
+    import bench.ray_executor as ray_executor
+
+    stopped = []
+
+    class Reaper:
+        def stop(self):
+            stopped.append(True)
+
+    def broken_shutdown():
+        raise RuntimeError("the raylet is gone")
+
+    monkeypatch.setattr(ray_executor, "LocalProcesses", Reaper)
+    monkeypatch.setattr(ray_executor, "connect", lambda address: True)  # "started" a cluster
+    monkeypatch.setattr(ray, "nodes", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))  # Ctrl-C arrives
+    monkeypatch.setattr(ray, "shutdown", broken_shutdown)
+    with pytest.raises((KeyboardInterrupt, RuntimeError)):
+        list(ray_cluster(lambda task: task, [1], RunConfig(executor="ray")))
+    assert stopped == [True]

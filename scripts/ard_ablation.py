@@ -2,7 +2,8 @@
 
 For every dataset and seed this runs ONE ``bench run`` with all the refiners side by side (same
 groups, same pseudo-normals, same synthetic training data; ``none`` always runs), so everything
-lands in one MLflow store (``--out``). Then it prints ``bench table --runs all``: one block per
+lands in one MLflow store (``--out``). Rerun after an interruption, it skips the (dataset, seed)
+runs the store already finished and resumes the interrupted one. Then it prints ``bench table --runs all``: one block per
 dataset (configuration): ``--kind decoders`` (each refiner's category mean over seeds of the four
 pixel metrics, its gain over ``none`` with the 95% paired-bootstrap interval, win counts and cost),
 then ``--kind gains`` (each refiner's gain per category).
@@ -41,18 +42,35 @@ def bench(*args: str) -> None:
         sys.exit("Aborted!")
 
 
-def dataset_args(spec: str, out: Path) -> list[str]:
-    """``embedded[:cats]`` / ``photos[:cats]`` / ``ROOT[:cats]`` → ``bench run`` arguments (writes the photos tree when missing)."""
+def dataset_args(spec: str, out: Path) -> tuple[Path, list[str]]:
+    """``embedded[:cats]`` / ``photos[:cats]`` / ``ROOT[:cats]`` → the dataset's root and the ``bench run``
+    arguments (writes the photos tree when missing)."""
     where, _, categories = spec.partition(":")
     args = ["--categories", categories] if categories else []
     if where == "embedded":
-        return args
+        return out / "data" / "synthetic", args  # bench.embedded.embedded_root
     if where == "photos":
         root = out / "data" / "photos"
         if not (root / "photos.json").is_file():
             bench("data", "photos", "--root", str(root))
-        return ["--data-root", str(root), *args]
-    return ["--data-root", where, *args]
+        return root, ["--data-root", str(root), *args]
+    return Path(where), ["--data-root", where, *args]
+
+
+def finished_run(out: Path, params: dict[str, str]) -> str | None:
+    """The id of a finished run in ``out``'s store whose logged parameters include ``params``, or None.
+
+    ``bench run`` repeats a finished run when asked again (it resumes only unfinished ones), so the
+    script skips what is done: rerunning it after an interruption loses nothing and redoes nothing.
+    """
+    if not (out / "mlflow.db").is_file():
+        return None
+    from bench.tracking import open_store
+
+    for run in open_store(out).parents().itertuples():
+        if run.status == "FINISHED" and all(run.params.get(k) == v for k, v in params.items()):
+            return run.run_id
+    return None
 
 
 def main() -> None:
@@ -67,9 +85,14 @@ def main() -> None:
     opts = parser.parse_args()
     if not opts.table_only:
         for spec in opts.data or ["embedded", "photos"]:
-            data = dataset_args(spec, opts.out)
+            root, data = dataset_args(spec, opts.out)
             for seed in opts.seeds.split(","):
                 sets = [a for kv in opts.protocol_set for a in ("--set", kv)]
+                logged = {"seed": seed.strip(), "methods": opts.methods, "refiners": opts.refiners,
+                          "data_root": str(root.resolve()), **dict(kv.split("=", 1) for kv in opts.protocol_set)}
+                if done := finished_run(opts.out, logged):
+                    print(f"$ # {spec} seed {seed.strip()}: finished run {done} is in the store; not repeated", flush=True)
+                    continue
                 bench("run", "--out", str(opts.out), "--methods", opts.methods, "--refiners", opts.refiners,
                       "--seed", seed.strip(), "--quiet", *data, *sets)
     for kind in ("decoders", "gains"):  # one block per dataset: category means, then every category's gains

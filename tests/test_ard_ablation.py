@@ -31,6 +31,9 @@ def test_runs_land_in_one_store_and_the_tables_count_wins(tmp_path, monkeypatch,
     assert "--kind gains" in gains and "musc Δard_residual" in gains
     assert gains.count("wins vs none") == 4  # one row per pixel metric
 
+    runpy.run_path(str(SCRIPT), run_name="__main__")  # again: the finished run is not repeated
+    assert "finished run" in capsys.readouterr().out and len(open_store(out).parents()) == 1
+
 
 def test_a_failing_bench_command_stops_the_script_with_its_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])

@@ -3,8 +3,8 @@
 For every dataset and seed this runs ONE ``bench run`` with all the refiners side by side (same
 groups, same pseudo-normals, same synthetic training data; ``none`` always runs), so everything
 lands in one MLflow store (``--out``). Rerun after an interruption, it skips the (dataset, seed)
-runs the store already finished and resumes the interrupted one. Then it prints ``bench table --runs all``: one block per
-dataset (configuration): ``--kind decoders`` (each refiner's category mean over seeds of the four
+runs the store already finished and resumes the interrupted one. Then it prints ``bench table
+--runs all``, one block per dataset (configuration): ``--kind decoders`` (each refiner's category mean over seeds of the four
 pixel metrics, its gain over ``none`` with the 95% paired-bootstrap interval, win counts and cost),
 then ``--kind gains`` (each refiner's gain per category).
 

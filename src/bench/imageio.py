@@ -91,7 +91,7 @@ def read_image(path: Path) -> np.ndarray:
 def _gray(path: Path) -> np.ndarray:
     """A mask's values, H×W, at their own depth (16-bit masks are not clipped to 255); a
     transparent pixel is 0: a mask drawn on a transparent layer is its opaque strokes, whatever
-    colour its transparent pixels store."""
+    colour either stores (black strokes are 1, not 0, where some pixel is transparent)."""
     image = _open(path)
     if image.mode in SIXTEEN_BIT:
         return _sixteen_bit(image, Path(path))
@@ -100,7 +100,9 @@ def _gray(path: Path) -> np.ndarray:
     try:
         if "A" in image.getbands() or "transparency" in image.info:
             rgba = image.convert("RGBA")
-            return np.where(np.asarray(rgba)[..., 3] > 0, np.asarray(rgba.convert("L")), 0).astype(np.uint8)
+            alpha, gray = np.asarray(rgba)[..., 3], np.asarray(rgba.convert("L"))
+            stroke = np.maximum(gray, 1) if (alpha == 0).any() else gray
+            return np.where(alpha > 0, stroke, 0).astype(np.uint8)
         return np.asarray(image.convert("L"))
     except ValueError:
         raise _unsupported(image, Path(path)) from None

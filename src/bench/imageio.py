@@ -90,8 +90,9 @@ def read_image(path: Path) -> np.ndarray:
 
 def _gray(path: Path) -> np.ndarray:
     """A mask's values, H×W, at their own depth (16-bit masks are not clipped to 255); a
-    transparent pixel is 0: a mask drawn on a transparent layer is its opaque strokes, whatever
-    colour either stores (black strokes are 1, not 0, where some pixel is transparent)."""
+    transparent pixel is 0. Strokes of one colour on a transparent layer are the defect whatever
+    that colour (black strokes are 255, not 0); a mask whose opaque pixels have several values
+    (an opaque black background and white defects, with a few transparent pixels) keeps them."""
     image = _open(path)
     if image.mode in SIXTEEN_BIT:
         return _sixteen_bit(image, Path(path))
@@ -100,9 +101,10 @@ def _gray(path: Path) -> np.ndarray:
     try:
         if "A" in image.getbands() or "transparency" in image.info:
             rgba = image.convert("RGBA")
-            alpha, gray = np.asarray(rgba)[..., 3], np.asarray(rgba.convert("L"))
-            stroke = np.maximum(gray, 1) if (alpha == 0).any() else gray
-            return np.where(alpha > 0, stroke, 0).astype(np.uint8)
+            opaque, gray = np.asarray(rgba)[..., 3] > 0, np.asarray(rgba.convert("L"))
+            if not opaque.all() and np.unique(gray[opaque]).size == 1:  # one colour of strokes
+                return opaque.astype(np.uint8) * 255
+            return np.where(opaque, gray, 0).astype(np.uint8)
         return np.asarray(image.convert("L"))
     except ValueError:
         raise _unsupported(image, Path(path)) from None

@@ -87,3 +87,16 @@ def test_decompression_bomb_is_one_error(tmp_path):
 def test_image_size_reads_the_header_only(tmp_path):
     Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
     assert image_size(tmp_path / "a.png") == (20, 30)
+
+
+def test_a_mask_with_an_opaque_background_and_a_few_transparent_pixels_keeps_its_values(tmp_path):
+    """Only strokes of one colour on a transparent layer are read by their opacity: an opaque black
+    background with a white defect stays background where it is black."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[2:4, 2:4, :3] = 255  # the defect
+    rgba[0, 0, 3] = 0  # one transparent pixel (an editor's edge)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "m.png")
+    want = np.zeros((8, 8), bool)
+    want[2:4, 2:4] = True
+    assert (read_mask(tmp_path / "m.png", (8, 8)) == want).all()

@@ -3,6 +3,7 @@ random-weight ViT-B-32 and the synthetic dataset), a fixture with fewer prompt t
 information every learned CLIP method declares."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +21,10 @@ def few_templates_fixture(*modules: ModuleType) -> Callable[[], Iterator[None]]:
     @pytest.fixture(scope="module")
     def few_templates() -> Iterator[None]:
         with pytest.MonkeyPatch.context() as patch:
-            for module in modules:
+            for module in modules:  # a module that only re-exports TEMPLATES: patching it changes nothing
+                assert any("TEMPLATES" in f.__code__.co_names for f in vars(module).values()
+                           if inspect.isfunction(f) and f.__module__ == module.__name__), \
+                    f"no function of {module.__name__} reads TEMPLATES; patch the module that builds the prompts"
                 patch.setattr(module, "TEMPLATES", module.TEMPLATES[:1])
             yield
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 from bench.errors import BenchError, ConfigError
 from bench.reaping import LocalProcesses
 from bench.store_policy import require_shared_store
+from bench.workers import TASK_THREADS, call_on_task_threads
 
 if TYPE_CHECKING:
     from bench.executors import ExecutorOptions
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 
-TASK_THREADS = 1  # torch threads and Ray CPUs per task
 CONNECT_TIMEOUT_S = 5.0  # probe of --ray-address before Ray's own (minutes-long) connection retries
 
 
@@ -49,7 +49,7 @@ def ray_cluster(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptio
         require_shared_store(options.tracking_uri, {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]},
                              ray.util.get_node_ip_address())
         gpus = 1 if options.device.startswith("cuda") else 0
-        remote = ray.remote(num_cpus=TASK_THREADS, num_gpus=gpus, max_retries=0)(_call)
+        remote = ray.remote(num_cpus=TASK_THREADS, num_gpus=gpus, max_retries=0)(call_on_task_threads)
         shared = ray.put(fn)
         pending = [remote.remote(shared, task) for task in tasks]
         while pending:
@@ -70,14 +70,6 @@ def ray_cluster(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptio
         finally:  # even when the cancel or the shutdown fails (its raylet already gone after a Ctrl-C)
             if ours is not None:
                 ours.stop()
-
-
-def _call(fn: Callable[[T], R], task: T) -> R:
-    """The body of a Ray task: ``fn(task)`` with ``TASK_THREADS`` torch threads."""
-    import torch
-
-    torch.set_num_threads(TASK_THREADS)
-    return fn(task)
 
 
 def connect(address: str | None) -> bool:

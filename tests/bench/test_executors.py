@@ -1,5 +1,6 @@
-"""bench/executors.py: tasks computed in this process or on a Ray cluster. A local Ray cluster gives
-exactly the serial run's numbers, and an interrupted Ray run resumes with only what is missing."""
+"""bench/executors.py: tasks computed in this process, in local worker processes, or on a Ray cluster.
+Worker processes and a local Ray cluster give exactly the serial run's numbers (on one torch thread),
+and an interrupted run on either resumes with only what is missing."""
 import os
 import pickle
 import signal
@@ -18,8 +19,8 @@ from bench.api import Runner
 from bench.cli import main
 from bench.config import RunConfig, parse_contamination
 from bench.datasets.synthetic import generate
-from bench.errors import ConfigError
-from bench.executors import serial
+from bench.errors import BenchError, ConfigError
+from bench.executors import processes, serial
 from bench.ray_executor import connect, ray_cluster
 from bench.reaping import LocalProcesses, descendants
 from bench.resume import ResumeState
@@ -36,7 +37,7 @@ def test_serial_computes_each_task_in_order_when_asked():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"executor": "dask"}, r"invalid executor='dask': must be 'serial' or 'ray'"),
+    ({"executor": "dask"}, r"invalid executor='dask': must be 'serial' or 'processes' or 'ray'"),
     ({"ray_address": "head:6379"}, r"invalid ray_address='head:6379': must be left out unless executor='ray'"),
     ({"executor": "ray", "device": "cuda:1"}, r"invalid device='cuda:1'.*Ray gives each task its own GPU"),
 ])
@@ -84,6 +85,27 @@ def test_a_runner_travels_as_its_config_resume_state_and_methods(tmp_path):
     assert copy._streams == {} and copy.progress is False  # progress bars are the driver's
 
 
+# ----------------------------------------------------------------------------- local worker processes
+
+
+def test_processes_yield_results_and_reraise_a_task_error_as_itself():
+    """``parse_contamination`` stands for the task function: spawned workers import it by name."""
+    results, error = [], None
+    try:
+        for result in processes(parse_contamination, ["0,0.5", "0.1,oops", "0.2"], RunConfig()):
+            results.append(result)
+    except ConfigError as exc:
+        error = exc
+    assert type(error) is ConfigError and str(error).startswith("invalid --contamination '0.1,oops'")
+    assert set(results) <= {(0.0, 0.5), (0.2,)}  # whatever finished before the error, unchanged
+    assert sorted(processes(parse_contamination, ["0,0.5", "0.2"], RunConfig())) == [(0.0, 0.5), (0.2,)]
+
+
+def test_processes_a_worker_that_dies_fails_the_run_with_how_to_resume():
+    with pytest.raises(BenchError, match=r"--executor processes: a worker process died.*run the same command again"):
+        list(processes(os._exit, [1], RunConfig()))  # the worker exits mid-task, as when killed for memory
+
+
 # ----------------------------------------------------------------------------- a local Ray cluster
 
 
@@ -120,18 +142,26 @@ def bench(*args: str) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-def test_ray_run_interrupted_then_resumed_equals_the_serial_run(tmp_path, one_thread):
-    """2 categories × musc × (none, ard) × 2 contaminations: 2 Ray tasks of 4 units each, on a local
-    cluster that the run starts and stops. Ray tasks run on one torch thread, so the serial
-    reference runs on one too: with the same seeds and the same thread count every number is
-    computed in the same order, so they are compared for exact equality (more threads change
-    float reductions in training, by up to 1e-4 here)."""
-    root = generate(tmp_path / "syn", seed=4, categories=["tile", "pill"], n_test=12, size=64, progress=False)
-    reference = CliRunner().invoke(main, ["run", "--data-root", str(root), "--out", str(tmp_path / "serial"), *TINY])
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory, one_thread) -> tuple[Path, Path]:
+    """The tiny dataset and the store of its serial run on one torch thread, the reference of both executors."""
+    tmp = tmp_path_factory.mktemp("serial")
+    root = generate(tmp / "syn", seed=4, categories=["tile", "pill"], n_test=12, size=64, progress=False)
+    reference = CliRunner().invoke(main, ["run", "--data-root", str(root), "--out", str(tmp / "out"), *TINY])
     assert reference.exit_code == 0, reference.output
+    return root, tmp / "out"
 
-    out = tmp_path / "ray"
-    command = ["run", "--data-root", str(root), "--out", str(out), *TINY, "--executor", "ray"]
+
+@pytest.mark.parametrize("executor", ["processes", "ray"])
+def test_run_interrupted_then_resumed_equals_the_serial_run(executor, serial_run, tmp_path):
+    """2 categories × musc × (none, ard) × 2 contaminations: 2 tasks of 4 units each, in worker
+    processes or on a local Ray cluster that the run starts and stops. Tasks run on one torch
+    thread, so the serial reference runs on one too: with the same seeds and the same thread count
+    every number is computed in the same order, so they are compared for exact equality (more
+    threads change float reductions in training, by up to 1e-4 here)."""
+    root, reference = serial_run
+    out = tmp_path / executor
+    command = ["run", "--data-root", str(root), "--out", str(out), *TINY, "--executor", executor]
     interrupted = bench(*command)
     deadline = time.monotonic() + 240
 
@@ -149,7 +179,7 @@ def test_ray_run_interrupted_then_resumed_equals_the_serial_run(tmp_path, one_th
     os.killpg(interrupted.pid, signal.SIGINT)  # Ctrl-C
     output = interrupted.communicate(timeout=120)[0]
     assert interrupted.returncode != 0 and "Traceback" not in output, output[-3000:]
-    assert left_behind(interrupted.pid) == []  # the local Ray cluster went down with the run
+    assert left_behind(interrupted.pid) == []  # the workers (the local Ray cluster) went down with the run
     parents = store.parents()
     assert len(parents) == 1 and parents.status.iloc[0] == "KILLED"
     parent = parents.run_id.iloc[0]
@@ -169,7 +199,7 @@ def test_ray_run_interrupted_then_resumed_equals_the_serial_run(tmp_path, one_th
         assert store.client.get_run(run_id).data.metrics == metrics
 
     got = store.units(parent).sort_values(KEY).reset_index(drop=True)
-    want = open_store(tmp_path / "serial").units().sort_values(KEY).reset_index(drop=True)
+    want = open_store(reference).units().sort_values(KEY).reset_index(drop=True)
     columns = [c for c in want.columns if c.startswith(COMPARED)]
     assert len(columns) > 10 and got[KEY].equals(want[KEY])
     assert np.array_equal(got[columns].to_numpy(float), want[columns].to_numpy(float), equal_nan=True)

@@ -34,7 +34,8 @@ from bench.executors import EXECUTORS
               help="Continue an interrupted run of the same config in the store (its finished units are kept), "
                    "or always start a new run.  [default: resume]")
 @click.option("--executor", type=click.Choice(list(EXECUTORS)),
-              help="serial: in this process; ray: each (category, method) as a task on a Ray cluster.  [default: serial]")
+              help="serial: in this process; processes: one worker process per core on this machine; ray: each "
+                   "(category, method) as a task on a Ray cluster.  [default: serial]")
 @click.option("--ray-address", help="--executor ray: the Ray cluster to use, e.g. HOST:6379 or auto "
                                     "(default: a local one on all cores, started for the run).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -176,3 +176,19 @@ def test_a_tiff_of_32_bit_integers(tree, out):
     Image.open(image).convert("L").convert("I").save(tiff)  # Pillow writes mode I as 32-bit signed integers
     image.unlink()
     fails(run_args(root, out, "--methods", "musc"), str(tiff), "a TIFF of 32-bit signed integers has no 8-bit reading")
+
+
+def test_an_anomalous_image_with_an_empty_mask_is_named(tree, maps, out):
+    """Found in the fourth round: an image under test/<defect>/ whose mask is all zero was accepted
+    without a word (anomalous, with no anomalous pixel). Kept (MVTec-style sets may hold such images),
+    named in one warning before any work, by `bench run` and `bench eval`."""
+    from bench.evaluation import EmptyMaskWarning
+
+    root, _, mask = tree
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(mask)
+    for command in (run_args(root, out, "--methods", "musc"), ["eval", "--maps", maps, "--data-root", root]):
+        with pytest.warns(EmptyMaskWarning) as caught:
+            succeeds(command)
+        named = [str(w.message) for w in caught if w.category is EmptyMaskWarning]
+        assert len(named) == 1 and named[0] == f"1 anomalous test image(s) have a mask with no defect pixel " \
+                                               f"(labelled anomalous, no anomalous pixel): {mask}", named

@@ -123,3 +123,30 @@ def test_maps_of_one_category_mixing_uint8_and_float(maps, base, tmp_path):
     fails(eval_args(maps, base), str(victim), "(floating point)", "(uint8)", "mix value types")
     fails(run_args(base, tmp_path / "out", "--methods", "external", "--set",
                    f"method_options.external.maps_dir={maps}"), "(floating point)", "(uint8)", "mix value types")
+
+
+def test_maps_and_score_rows_that_match_no_image_are_named(maps, base):
+    """Found in the fourth round: map files that match no test image (another name or defect folder),
+    CSV rows of unknown images and a folder of an unknown category were ignored silently; each kind is
+    one warning naming the first few and their count, and the scores are those of the matching maps."""
+    from bench.evaluation import UnusedInputWarning
+
+    expected = scores(maps, base)
+    victim = first_good(maps)
+    strays = [victim.parent / f"stray{i}.npy" for i in range(4)] + [maps / "tile" / "test" / "typo" / victim.name]
+    for stray in strays:
+        stray.parent.mkdir(exist_ok=True)
+        shutil.copy(victim, stray)
+    (maps / "Tile").mkdir()
+    rows = [f"{p.parent.name}/{p.stem},{int(p.parent.name != 'good')}" for p in (maps / "tile" / "test").rglob("*.npy")]
+    (maps / "tile" / "image_scores.csv").write_text("image,score\n" + "\n".join(rows) + "\n")
+    with pytest.warns(UnusedInputWarning) as caught:
+        got = scores(maps, base)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 3, messages
+    assert messages[0].startswith("1 folder(s) of --maps name no category") and str(maps / "Tile") in messages[0]
+    assert messages[1].startswith("5 map file(s) match no test image") and "(and 2 more)" in messages[1]
+    assert str(strays[0]) in messages[1]
+    assert messages[2].startswith(f"5 row(s) of {maps / 'tile' / 'image_scores.csv'} name no test image")
+    assert messages[2].endswith("ignored: good/stray0, good/stray1, good/stray2 (and 2 more)")
+    assert got["pixel_auroc"] == expected["pixel_auroc"] and got["image_auroc"] == pytest.approx(1.0)

@@ -23,3 +23,10 @@ class OptionTypeError(ConfigError, TypeError):
 
 class OptionValueError(ConfigError, ValueError):
     """An out-of-range plugin option; still a ValueError for callers."""
+
+
+def first_few(items: list[object], shown: int = 3) -> str:
+    """The first ``shown`` items of a non-empty list and how many more, for one-line messages:
+    ``a, b, c (and 4 more)``."""
+    more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(str(item) for item in items[:shown]) + more

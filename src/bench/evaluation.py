@@ -5,6 +5,7 @@ import csv
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_few
 from bench.imageio import image_size, read_mask
 from bench.interfaces import Dataset
 from bench.metrics import compute_metrics
@@ -42,6 +43,24 @@ def eval_masks(samples: list[Sample], size: int, threshold: float) -> torch.Tens
     if rows:
         out[rows] = resize_each([decoded[samples[i]] for i in rows], size) > threshold
     return out
+
+
+class EmptyMaskWarning(UserWarning):
+    """Anomalous test images whose mask has no defect pixel."""
+
+
+def warn_empty_masks(dataset: Dataset, categories: list[str]) -> list[Path]:
+    """The mask files of ``categories``' anomalous test images that have no defect pixel, named in
+    one warning. Such an image counts as anomalous for the image metrics and adds no defect pixel
+    to the pixel metrics; MVTec-style sets may hold such images on purpose, so they are not
+    refused, but the user must know. Called before any work: every mask is decoded once here."""
+    samples = [s for c in categories if dataset.category_has_masks(c) for s in dataset.test(c)
+               if s.label == 1 and s.mask_path is not None]
+    empty = [s.mask_path for s, mask in zip(samples, parallel_map(file_mask, samples)) if not mask.any()]
+    if empty:
+        warnings.warn(f"{len(empty)} anomalous test image(s) have a mask with no defect pixel (labelled anomalous, "
+                      f"no anomalous pixel): {first_few(empty)}", EmptyMaskWarning, stacklevel=2)
+    return empty
 
 
 def file_mask(sample: Sample) -> np.ndarray | None:
@@ -209,13 +228,26 @@ def read_scores(path: Path) -> dict[str, float]:
         raise BenchError(f"{path}: not a readable CSV file ({exc})") from None
 
 
+class UnusedInputWarning(UserWarning):
+    """Maps or image scores that match no test image (``bench eval`` ignores them)."""
+
+
+def warn_unused(items: list[object], what: str) -> None:
+    """One warning naming the first few ``items`` that ``bench eval`` ignores, and their count: a
+    map saved under another name or defect folder than its image's is otherwise lost silently."""
+    if items:
+        warnings.warn(f"{len(items)} {what} and are ignored: {first_few(items)}", UnusedInputWarning, stacklevel=2)
+
+
 def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_threshold: float, has_masks: bool) -> dict[str, float]:
     """Metrics of one category's maps resized to ``size`` at their own precision (float64 maps
     stay float64); image scores from the CSV or the map maximum."""
     scales = MapScales()
+    paths = {sample: folder / "test" / sample.defect / f"{Path(sample.path).stem}.npy" for sample in samples}
+    warn_unused(sorted(set((folder / "test").rglob("*.npy")) - set(paths.values())), "map file(s) match no test image")
 
     def read(sample: Sample) -> np.ndarray:
-        path = folder / "test" / sample.defect / f"{Path(sample.path).stem}.npy"
+        path = paths[sample]
         array = read_map(path, precise=True, scales=scales)
         check_aspect(array, image_size(sample.path), path)
         return array
@@ -226,6 +258,8 @@ def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_thres
     scores_path = folder / SCORES_FILE
     if scores_path.is_file():
         given = read_scores(scores_path)
+        keys = {s.key for s in samples}
+        warn_unused(sorted(set(given) - keys), f"row(s) of {scores_path} name no test image")
         missing = [s.key for s in samples if s.key not in given]
         if missing:
             raise BenchError(f"{scores_path}: no score for {missing[0]} (and {len(missing) - 1} more)")
@@ -265,11 +299,16 @@ def evaluate_maps(dataset: Dataset, categories: list[str], maps_root: Path, size
     maps_root = Path(maps_root)
     if not maps_root.is_dir():
         raise BenchError(f"--maps {maps_root}: not a directory")
+    for category in categories:
+        if not (maps_root / category).is_dir():
+            raise BenchError(f"--maps {maps_root}: no folder for category {category!r} (expected {maps_root / category})")
+    known = set(dataset.categories())
+    warn_unused(sorted(p for p in maps_root.iterdir() if p.is_dir() and p.name not in known),
+                "folder(s) of --maps name no category of the dataset")
+    warn_empty_masks(dataset, categories)
     results = {}
     for category in categories:
         folder = maps_root / category
-        if not folder.is_dir():
-            raise BenchError(f"--maps {maps_root}: no folder for category {category!r} (expected {folder})")
         results[category] = evaluate_category(dataset.test(category), folder, size, mask_threshold,
                                               dataset.category_has_masks(category))
     keys = [k for k in results[categories[0]] if all(k in results[c] for c in categories)]  # pixel metrics: masks

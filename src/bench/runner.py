@@ -22,7 +22,7 @@ from bench.artifacts import write_artifacts
 from bench.bootstrap import save, unit_statistics
 from bench.cache import FeatureCache, encode
 from bench.config import RunConfig
-from bench.evaluation import eval_masks, evaluate
+from bench.evaluation import eval_masks, evaluate, warn_empty_masks
 from bench.executors import EXECUTORS
 from bench.export import log_config, log_summary
 from bench.identity import run_name
@@ -141,6 +141,7 @@ class Runner:
     def run(self) -> RunSummary:
         cfg, plan = self.config, self.plan
         dataset = self.dataset
+        warn_empty_masks(dataset, plan.categories)
         store = self.store
         methods = list(plan.methods)
         inputs = [f for bound in plan.methods.values() for f in bound.method.input_files()]

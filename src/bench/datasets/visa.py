@@ -147,6 +147,10 @@ class VisA(Dataset):
                         f"field is empty for the anomalous image {image}; expected its mask path"
                     )
                 mask = self._file(row, row.mask, "mask")
+                if mask.resolve() == image.resolve():
+                    raise DatasetError(f"{self.csv_path}, line {row.line} ({row.object}, test, anomaly): the image "
+                                       f"and the mask are one file, {image}; expected the image in 'image' and its "
+                                       "mask in 'mask'")
             samples.append(
                 Sample(image, row.label, "anomaly" if row.label else "good", category, mask, mask_strict=False)
             )

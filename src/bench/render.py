@@ -61,10 +61,13 @@ def markdown(table: Table) -> str:
 
 
 def tex(text: str) -> str:
-    """Plain text as ASCII LaTeX: specials escaped, ± and Δ as math, other non-ASCII transliterated."""
+    """Plain text as ASCII LaTeX: specials escaped, ± and Δ as math, other non-ASCII transliterated
+    (accents dropped); a character with no ASCII form is written as its code point, ``[U+65E5]``
+    (dropped, two categories ``tile_日本`` and ``tile_中国`` were both ``tile_``)."""
     text = re.sub(r"([_%&#$^{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
     text = text.replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("…", "...")
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return "".join(c if c.isascii() else "" if unicodedata.combining(c) else f"[U+{ord(c):04X}]"
+                   for c in unicodedata.normalize("NFKD", text))
 
 
 def latex(table: Table) -> str:

@@ -121,6 +121,16 @@ def latex_document(body: str) -> str:
     return "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
 
 
+def test_latex_keeps_category_names_without_an_ascii_form_apart():
+    """Found in the fifth round: characters without an ASCII form were dropped, so the categories
+    ``tile_日本`` and ``tile_中国`` were two rows named ``tile_``."""
+    frame = units()
+    frame.loc[frame.category == "a", "category"] = "tïle_日本"
+    frame.loc[frame.category != "tïle_日本", "category"] = "tïle_中国"
+    text = render(main_table(frame, "pixel_ap"), "latex")
+    assert text.isascii() and "tile\\_[U+65E5][U+672C] &" in text and "tile\\_[U+4E2D][U+56FD] &" in text
+
+
 def test_latex_is_ascii_booktabs_with_caption_label_groups_and_signed_gains(tmp_path):
     frame = with_replicates(units())
     frame.loc[frame.category == "a", "category"] = "déjà_vu & 100%"

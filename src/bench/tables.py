@@ -142,6 +142,8 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = Tru
         f"{int(gains.loc[(m, name[1:], MEAN)].wins)}/{int(gains.loc[(m, name[1:], MEAN)].pairs)}"
         if name.startswith("Δ") and (m, name[1:], MEAN) in gains.index else "" for m, name in columns[1:]]
     unit = " (%)" if _percent(metric) else ""
+    if clean.contamination.min() > 0:  # a run without a clean block: say which contamination is shown
+        unit += f"; pseudo-normal contamination {clean.contamination.min():g}"
     return Table(columns, rows + ([wins] if any(wins[1:]) else []), pd.DataFrame(list(numbers.values())),
                  caption=f"{metric_label(metric)}{unit}; " + ("mean over seeds; gains over none" if values else
                                                                   "gains over none, mean over seeds,")

@@ -121,6 +121,14 @@ def latex_document(body: str) -> str:
     return "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
 
 
+def test_main_table_of_a_run_without_a_clean_block_names_its_contamination():
+    """Found in the fifth round: `bench run --contamination 0.5` printed the main table of its
+    contaminated units under the caption of a clean run."""
+    assert "contamination" not in main_table(units(), "pixel_ap").caption
+    dirty = units().query("contamination == 0.5 or refiner == 'none'").assign(contamination=0.5)
+    assert "pixel AP (%); pseudo-normal contamination 0.5; mean over seeds" in main_table(dirty, "pixel_ap").caption
+
+
 def test_latex_keeps_category_names_without_an_ascii_form_apart():
     """Found in the fifth round: characters without an ASCII form were dropped, so the categories
     ``tile_日本`` and ``tile_中国`` were two rows named ``tile_``."""

@@ -58,7 +58,7 @@ class RunConfig:
     tracking_uri: str | None = None  # None: sqlite store <out>/mlflow.db
     experiment: str = "bench"
     resume: bool = True  # an unfinished run with the same config in the store is resumed (bench.resume); False: always a new run
-    executor: str = "serial"  # where the tasks (category × method) run: "serial" here, or "ray" (bench.executors)
+    executor: str = "serial"  # where the tasks (category × method) run: "serial", "processes" or "ray" (bench.executors)
     ray_address: str | None = None  # executor "ray": the cluster's address; None: a local cluster for this run
     figures: int = 4  # anomalous samples per category in the figure grid (0: none)
     bootstrap: int = 1000  # paired-bootstrap resamples of each unit's test images for intervals (bench.bootstrap); 0: none

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -190,8 +191,10 @@ class Runner:
             samples = dataset.test(category)
         stream = self.stream(category, samples, backbone)
         eval_size = cfg.eval_size or backbone.input_size
-        backbone_params = {"backbone": backbone.name, "backbone_input_size": str(backbone.input_size),
-                           "backbone_layers": ",".join(backbone.channels)}
+        # torch_threads: a trained decoder's numbers depend on it (float sums in another order over
+        # hundreds of steps: pixel AP moves by up to 3 points between 1 and 2 threads)
+        unit_params = {"backbone": backbone.name, "backbone_input_size": str(backbone.input_size),
+                       "backbone_layers": ",".join(backbone.channels), "torch_threads": str(torch.get_num_threads())}
         with self.timer.stage("load"):
             masks = eval_masks(samples, eval_size, cfg.mask_threshold) if dataset.category_has_masks(category) else None
         groups = make_groups(len(samples), cfg.pgt, cfg.seed)
@@ -228,7 +231,7 @@ class Runner:
                     series = {**stats.series(), "loss": [v for log in output.log for v in log.losses.get(name, [])]}
                     extra = [save(Path(tmp) / name / REPLICATES, stats.replicates)] if cfg.bootstrap else []
                     with self.timer.stage("logging"):
-                        store.log_unit(parent, unit, metrics, backbone_params, series, artifacts + extra)
+                        store.log_unit(parent, unit, metrics, unit_params, series, artifacts + extra)
 
 
 def run(config: RunConfig, progress: bool = True) -> RunSummary:

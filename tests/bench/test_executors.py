@@ -195,6 +195,7 @@ def test_run_interrupted_then_resumed_equals_the_serial_run(executor, serial_run
     units = store.children(parent)
     assert len(units) == 8 and all(r.info.status == "FINISHED" for r in units)
     assert len({tuple(r.data.tags[f"bench.{k}"] for k in KEY) for r in units}) == 8  # none twice
+    assert {r.data.params["torch_threads"] for r in units} == {"1"}  # what the numbers depend on, logged
     for run_id, metrics in before.items():  # kept as they were, not recomputed
         assert store.client.get_run(run_id).data.metrics == metrics
 

@@ -45,8 +45,9 @@ def processes(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptions
     """Each task in a worker process on this machine, one worker per core (at most one per task),
     one torch thread each (``bench.workers``); results in the order tasks finish.
 
-    On 2 cores this beats one process with 2 torch threads: a task's small convolutions do not
-    keep two threads busy (``benchmarks/test_executor_speed.py``). Workers are spawned, not forked
+    On the demo's 2 cores it is 1.09× faster than one process with 2 torch threads, and its
+    numbers do not depend on the core count (``benchmarks/test_executor_speed.py``, README
+    "Speed levers"). Workers are spawned, not forked
     (a fork would copy this process's torch threads and open store connections), and log to the
     run's store themselves, as Ray's do. They ignore Ctrl-C: this process decides. A failing task
     fails the run; when the run stops early (a failure, Ctrl-C) the running tasks are stopped, not

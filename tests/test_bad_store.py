@@ -225,3 +225,20 @@ def test_seeds_run_with_and_without_the_cache_are_one_configuration(base, tmp_pa
     table = succeeds(["table", "--out", out, "--runs", "all", "--metric", "pixel_auroc"]).output
     rows = [line for line in table.splitlines() if line.startswith("| tile")]
     assert len(rows) == 1 and "±" in rows[0], table  # one block: the mean ± std of the two seeds
+
+
+def test_readers_name_units_whose_bootstrap_replicates_are_gone(base, tmp_path):
+    """Found in the fifth round: a unit whose bootstrap.npz was deleted (or left out of a partial copy
+    of a store) lost its intervals, and the Mean's, with no word; `bench export` wrote empty ci_low."""
+    out = tmp_path / "out"
+    succeeds(run_args(base, out, *MUSC, "--refiners", "none,gaussian"))
+    assert "bootstrap replicates" not in succeeds(["table", "--out", out]).output
+    saved = sorted((out / "artifacts").rglob("bootstrap.npz"))
+    assert len(saved) == 2
+    saved[0].unlink()
+    unit = saved[0].parent.parent.name  # artifacts/<experiment>/<unit run>/artifacts/bootstrap.npz
+    for command in (["table"], ["export"], ["report", "--output", tmp_path / "report.html"]):
+        output = succeeds([*command, "--out", out]).output
+        warnings = [line for line in output.splitlines() if "bootstrap replicates" in line]
+        assert len(warnings) == 1 and warnings[0].startswith("Warning: "), output
+        assert "of 1 unit(s) are missing: tile/musc/" in warnings[0] and f"(run {unit})" in warnings[0], warnings

@@ -262,7 +262,7 @@ def evaluate_category(samples: list[Sample], folder: Path, size: int, mask_thres
         warn_unused(sorted(set(given) - keys), f"row(s) of {scores_path} name no test image")
         missing = [s.key for s in samples if s.key not in given]
         if missing:
-            raise BenchError(f"{scores_path}: no score for {missing[0]} (and {len(missing) - 1} more)")
+            raise BenchError(f"{scores_path}: no score for {first_few(missing)}")
         scores = np.array([given[s.key] for s in samples])
     else:
         scores = maps.flatten(1).max(1).values.numpy()

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, first_few
 from bench.resume import NOT_IN_HASH
-from bench.tracking import Store
+from bench.tracking import REPLICATES, Store
 
 # Parameters that do not change what a run computes: its seed, how many bootstrap resamples its
 # intervals used, and those that a resume ignores too (where and how it ran: out, cache, figures, ...).
@@ -92,6 +92,20 @@ def select(store: Store, runs: str = "latest", replicates: bool = False) -> Sele
                          "(finished last)")
     configs = dict(zip(chosen.config, chosen.params))
     units = units[units.parent_id.isin(keep)].copy()
+    if replicates:
+        notes += _missing_replicates(units, dict(zip(chosen.run_id, chosen.params)))
     units["config"] = units.parent_id.map(dict(zip(chosen.run_id, chosen.config)))
     return Selection(units.reset_index(drop=True), differing(configs) if len(configs) > 1 else dict.fromkeys(configs, ""),
                      notes)
+
+
+def _missing_replicates(units: pd.DataFrame, params: dict[str, dict[str, str]]) -> list[str]:
+    """One note naming the units of runs with bootstrap resamples whose ``bootstrap.npz`` is gone
+    (deleted, or a partial copy of a store): their intervals, and the Mean's, are left empty."""
+    expected = units.parent_id.map(lambda p: params.get(p, {}).get("bootstrap", "0") not in ("0", "null"))
+    gone = units[expected & units.replicates.isna()]
+    if gone.empty:
+        return []
+    names = [f"{u.category}/{u.method}/{u.refiner} seed {u.seed} (run {u.run_id})" for u in gone.itertuples()]
+    return [f"the bootstrap replicates ({REPLICATES}) of {len(names)} unit(s) are missing: {first_few(names)}; "
+            "their 95% intervals, and those of the Mean, are left empty"]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, first_few
 from bench.evaluation import SCORES_FILE, MapScales, check_aspect, read_map, read_scores
 from bench.interfaces import Backbone, Method, MethodInfo
 from bench.records import FeatureSet, ScoreOutput
@@ -119,10 +119,7 @@ class External(Method):
         if given is not None:
             missing = [k for k in features.keys if k not in given]
             if missing:
-                raise BenchError(
-                    f"{self.maps_dir / category / SCORES_FILE}: no score for {missing[0]} "
-                    f"(and {len(missing) - 1} more)"
-                )
+                raise BenchError(f"{self.maps_dir / category / SCORES_FILE}: no score for {first_few(missing)}")
             scores = torch.from_numpy(np.array([given[k] for k in features.keys], dtype=np.float64))
         else:
             scores = maps.flatten(1).amax(dim=1)

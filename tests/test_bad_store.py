@@ -2,6 +2,7 @@
 run, odd characters in --out, full disks and databases, dead or read-only stores."""
 import contextlib
 import errno
+import math
 import os
 import shutil
 import sqlite3
@@ -242,3 +243,28 @@ def test_readers_name_units_whose_bootstrap_replicates_are_gone(base, tmp_path):
         warnings = [line for line in output.splitlines() if "bootstrap replicates" in line]
         assert len(warnings) == 1 and warnings[0].startswith("Warning: "), output
         assert "of 1 unit(s) are missing: tile/musc/" in warnings[0] and f"(run {unit})" in warnings[0], warnings
+
+
+def test_a_mean_over_seeds_with_one_seed_undefined_is_undefined(base, tmp_path):
+    """Found in the fifth round: with one anomalous image, seed 2's groups 2..k hold no anomaly, so
+    its image AUROC there is undefined; `bench table --runs all` showed 100.0 ± 0.0, the mean of the
+    other seeds, as the mean over all (the report's leaderboard as well)."""
+    from bench.identity import select
+    from bench.report.leaderboard import leaderboard
+
+    root, out = shutil.copytree(base, tmp_path / "tree"), tmp_path / "out"
+    anomalous = sorted(p for p in (root / "tile" / "test").rglob("*.png") if p.parent.name != "good")
+    for image in anomalous[1:]:
+        image.unlink()
+        (root / "tile" / "ground_truth" / image.parent.name / f"{image.stem}_mask.png").unlink()
+    for seed in (0, 2):
+        succeeds(run_args(root, out, *MUSC, "--seed", seed))
+    units = select(open_store(out, create=False), "all").units.set_index("seed")
+    assert math.isnan(units.image_auroc_g2k["2"]) and units.image_auroc_g2k["0"] == 1  # the case holds
+    table = succeeds(["table", "--out", out, "--runs", "all", "--metric", "image_auroc"]).output
+    assert [line.split("|")[2].strip() for line in table.splitlines() if line.startswith(("| tile", "| Mean"))] == \
+        ["undef", "undef"], table
+    stream = succeeds(["table", "--out", out, "--runs", "all", "--metric", "image_auroc", "--scope", "stream"]).output
+    assert "| tile       | 100.0 ± 0.0 |" in stream, stream  # defined for every seed: the mean ± std
+    cell = leaderboard(select(open_store(out, create=False), "all").units, ["image_auroc_g2k"])[0].cells
+    assert math.isnan(cell["image_auroc_g2k"].mean)

@@ -86,12 +86,24 @@ def _ordered(refiners) -> list[str]:
     return [BASELINE] * (BASELINE in refiners) + [r for r in refiners if r != BASELINE]
 
 
+def seed_mean(values: pd.Series) -> float:
+    """The mean over seeds (or categories), undefined when one of them is: a metric of groups 2..k
+    that one seed's stream leaves undefined (no anomaly there) would otherwise drop out, and the mean
+    of the other seeds read as the mean of all."""
+    return values.mean(skipna=False)
+
+
+def seed_std(values: pd.Series) -> float:
+    """The sample std over seeds, undefined when one of them is (see ``seed_mean``)."""
+    return values.std(skipna=False)
+
+
 def _seed_stats(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     """Mean, sample std and count over seeds of ``metric`` per ``keys`` (category mean per seed with MEAN)."""
     per_category = frame.groupby([*keys, "category", "seed"], dropna=False)[metric].mean().reset_index()
-    per_seed_mean = per_category.groupby([*keys, "seed"], dropna=False)[metric].agg(lambda v: v.mean(skipna=False))
-    stats = [per_category.groupby([*keys, "category"], dropna=False)[metric].agg(["mean", "std", "count"]),
-             per_seed_mean.groupby(keys, dropna=False).agg(["mean", "std", "count"]).assign(category=MEAN)
+    per_seed_mean = per_category.groupby([*keys, "seed"], dropna=False)[metric].agg(seed_mean)
+    stats = [per_category.groupby([*keys, "category"], dropna=False)[metric].agg([seed_mean, seed_std, "size"]),
+             per_seed_mean.groupby(keys, dropna=False).agg([seed_mean, seed_std, "size"]).assign(category=MEAN)
              .set_index("category", append=True)]
     return pd.concat(stats)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from bench.gains import BASELINE, MEAN, gain_table
-from bench.tables import default_metrics, metric_label, scoped
+from bench.tables import default_metrics, metric_label, scoped, seed_mean, seed_std
 
 COSTS = {"n_parameters": "parameters", "train_seconds_per_group": "train s/group",
          "refine_ms_per_image": "refine ms/image"}
@@ -74,9 +74,9 @@ def leaderboard(units: pd.DataFrame, metrics: list[str]) -> list[Row]:
     """One row per method × refiner, in the order the run logged them (``none`` first within a
     method), one cell per metric."""
     clean = clean_units(units)
-    per_seed = (clean.groupby(["method", "refiner", "seed"])[metrics]
-                .agg(lambda values: values.mean(skipna=False)) * 100)
-    summary = per_seed.groupby(level=["method", "refiner"]).agg(["mean", "std"])
+    per_seed = clean.groupby(["method", "refiner", "seed"])[metrics].agg(seed_mean) * 100
+    summary = (per_seed.groupby(level=["method", "refiner"]).agg([seed_mean, seed_std])
+               .rename(columns={"seed_mean": "mean", "seed_std": "std"}, level=1))
     best = summary.xs("mean", axis=1, level=1).groupby(level="method").transform("max")
     every_gain = {metric: gains(units, metric) for metric in metrics}
     rows = []

@@ -2,7 +2,8 @@
 work (never truncated), and each bad value is one ``Error:`` line that names the option."""
 import pytest
 
-from bench.config import RunConfig, apply_overrides, parse_set
+from bench.config import RunConfig, apply_overrides, load_yaml, parse_set
+from bench.errors import ConfigError
 from bench.tracking import open_store
 from hostile import fails, invoke, run_args, run_id, succeeds
 
@@ -37,6 +38,19 @@ def test_a_number_for_a_path_is_that_folder():
 def test_one_number_for_the_contamination_sweep():
     """``--set pgt.contamination=0.5`` (YAML ``contamination: 0.5``) raised a TypeError."""
     assert apply_overrides(RunConfig(), parse_set(("pgt.contamination=0.5",))).pgt.contamination == (0.5,)
+
+
+def test_numbers_in_exponent_notation(tmp_path):
+    """Found in the fifth round: ``--set pgt.fuse_coarse=1e-1`` (and YAML ``fuse_coarse: 1e-1``) was
+    refused as 'expected float' (YAML 1.1 reads an exponent without a dot as a string)."""
+    config = apply_overrides(RunConfig(), parse_set(("pgt.fuse_coarse=1e-1", "seed=2e0", "pgt.synth_per_group=8")))
+    assert (config.pgt.fuse_coarse, config.seed) == (0.1, 2) and type(config.seed) is int
+    path = tmp_path / "run.yaml"
+    path.write_text("pgt:\n  fuse_coarse: 5e-1\n  n_groups: '3'\n")
+    config = apply_overrides(RunConfig(), load_yaml(path))
+    assert (config.pgt.fuse_coarse, config.pgt.n_groups) == (0.5, 3)
+    with pytest.raises(ConfigError, match="invalid seed=2.5"):
+        apply_overrides(RunConfig(), parse_set(("seed=25e-1",)))  # still never truncated
 
 
 def test_yaml_float_for_an_integer_option(base, out, tmp_path):

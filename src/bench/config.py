@@ -256,6 +256,11 @@ def as_number(value: Any, kind: type, name: str) -> int | float:
             value = yaml.safe_load(value) if value.strip() else value
         except yaml.YAMLError:
             pass
+    if isinstance(value, str):  # YAML 1.1 reads 1e-1 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and kind is int:
         ok = float(value).is_integer()

@@ -150,3 +150,15 @@ def test_maps_and_score_rows_that_match_no_image_are_named(maps, base):
     assert messages[2].startswith(f"5 row(s) of {maps / 'tile' / 'image_scores.csv'} name no test image")
     assert messages[2].endswith("ignored: good/stray0, good/stray1, good/stray2 (and 2 more)")
     assert got["pixel_auroc"] == expected["pixel_auroc"] and got["image_auroc"] == pytest.approx(1.0)
+
+
+def test_masks_that_vanish_at_the_evaluation_size_are_named(maps, base, recwarn):
+    """Found in the fifth round: at `--eval-size 1` every pixel metric was null and at 8 two anomalous
+    images added no defect pixel, with no word (their defects are smaller than a pixel there)."""
+    succeeds(eval_args(maps, base, "--eval-size", 8))
+    named = [str(w.message) for w in recwarn if "no defect pixel once resized" in str(w.message)]
+    assert len(named) == 1 and named[0].startswith("2 mask(s)") and "evaluation size 8" in named[0], named
+    assert named[0].count("_mask.png") == 2
+    recwarn.clear()
+    succeeds(eval_args(maps, base, "--eval-size", 64))
+    assert not [w for w in recwarn if "no defect pixel once resized" in str(w.message)]

@@ -42,6 +42,11 @@ def eval_masks(samples: list[Sample], size: int, threshold: float) -> torch.Tens
     rows = [i for i, s in enumerate(samples) if s in decoded]
     if rows:
         out[rows] = resize_each([decoded[samples[i]] for i in rows], size) > threshold
+    lost = [str(samples[i].mask_path) for i in rows if decoded[samples[i]].any() and not out[i].any()]
+    if lost:  # their defects are smaller than a pixel at this size: they add no defect pixel
+        warnings.warn(f"{len(lost)} mask(s) have no defect pixel once resized to the evaluation size {size} "
+                      f"(threshold {threshold}); raise the evaluation size: {first_few(lost)}", EmptyMaskWarning,
+                      stacklevel=2)
     return out
 
 

@@ -131,3 +131,12 @@ def test_out_inside_the_data_root(base, tmp_path):
     for out in (root, root / "results"):
         fails(run_args(root, out), f"--out {out} is inside --data-root {root}")
     assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_a_per_group_series_is_not_a_table_metric(base, out):
+    """Found in the fifth round: `bench table --metric group_pixel_ap` showed the last PGT group's
+    value, rounded to 0.4, as if it were the unit's metric (exit 0)."""
+    parent = run_id(succeeds(run_args(base, out, "--methods", "musc")))
+    fails(["table", "--out", out, "--runs", parent, "--metric", "group_pixel_ap"], "'group_pixel_ap' is a series",
+          "logged metrics: image_ap,")
+    succeeds(["table", "--out", out, "--runs", parent, "--metric", "pixel_ap"])

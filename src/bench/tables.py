@@ -61,11 +61,19 @@ def _percent(name: str) -> bool:
     return name.split("_")[0] in ("pixel", "image")
 
 
+def _series(name: str) -> bool:
+    """A metric logged as a series (per PGT group, the training loss): the store keeps its last step."""
+    return name.startswith("group_") or name == "loss"
+
+
 def _check(units: pd.DataFrame, metrics) -> None:
     for metric in metrics:
-        if metric not in units:
-            names = sorted(c for c in units.columns if units[c].dtype.kind == "f" and c != "contamination")
-            raise BenchError(f"metric {metric!r} is not in the store; logged metrics: {', '.join(names)}")
+        if metric not in units or _series(metric):
+            names = sorted(c for c in units.columns
+                           if units[c].dtype.kind == "f" and c != "contamination" and not _series(c))
+            what = ("is a series, one value per PGT group or step (`bench report` plots it), not a unit metric"
+                    if metric in units else "is not in the store")
+            raise BenchError(f"metric {metric!r} {what}; logged metrics: {', '.join(names)}")
 
 
 def _value(mean: float, std: float, n: int, digits: int = 1) -> str:

@@ -43,6 +43,7 @@ RESAMPLES = 1000  # default number of bootstrap resamples (RunConfig.bootstrap)
 BINS = 256  # coarse bins of the pixel-score histograms
 SIDE = 128  # pixel histograms read every (side // SIDE)-th row and column: about SIDE² pixels per image
 FINE_BITS = 16  # fine histogram: 2^16 bins over the span of the keys
+GROUP_PREFIX = "group_"  # per-group metrics (group_pixel_ap): a series, one value per PGT group, step = group
 FPR_LIMIT = 0.3  # AUPRO is integrated up to this false positive rate, as in bench.metrics
 _EIGHT = ndimage.generate_binary_structure(2, 2)  # 8-connected regions, as bench.metrics
 _SAMPLE = 7  # the fine histogram of normal pixels counts every 7th pixel
@@ -177,7 +178,7 @@ class UnitStatistics:
     """What a unit logs beyond its exact metrics."""
 
     replicates: dict[str, np.ndarray]  # metric -> (1 + resamples,): the binned value, then one per resample
-    groups: dict[str, list[float]]  # "group_pixel_ap" -> binned value of each PGT group
+    groups: dict[str, list[float]]  # GROUP_PREFIX + "pixel_ap" -> binned value of each PGT group
 
     def series(self) -> dict[str, dict[int, float]]:
         """Per-group metrics as MLflow series, step = group number (1 = first group)."""
@@ -206,7 +207,7 @@ def unit_statistics(scores: np.ndarray, labels: np.ndarray, maps, masks, groups:
         indicator = np.zeros((len(groups), len(labels)))
         for g, index in enumerate(groups):
             indicator[g, index] = 1
-        per_group = {f"group_pixel_{k}": [float(x) for x in v] for k, v in hist.metrics(indicator).items()}
+        per_group = {f"{GROUP_PREFIX}pixel_{k}": [float(x) for x in v] for k, v in hist.metrics(indicator).items()}
     return UnitStatistics(replicates, per_group)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.bootstrap import GROUP_PREFIX
 from bench.errors import BenchError
 from bench.gains import BASELINE, MEAN, gain_table
 from bench.render import Table, number
@@ -63,7 +64,7 @@ def _percent(name: str) -> bool:
 
 def _series(name: str) -> bool:
     """A metric logged as a series (per PGT group, the training loss): the store keeps its last step."""
-    return name.startswith("group_") or name == "loss"
+    return name.startswith(GROUP_PREFIX) or name == "loss"
 
 
 def _check(units: pd.DataFrame, metrics) -> None:

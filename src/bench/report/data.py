@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.bootstrap import GROUP_PREFIX
 from bench.tracking import Store
 
 LOSS_KEY = re.compile(r"loss(?:_group(\d+))?$")  # "loss" over all rounds, or (older runs) one per round
 UNIT = ("method", "refiner", "category")
-GROUP_PREFIX = "group_"  # per-group metrics, e.g. group_pixel_ap: one value per PGT group, step = group
 
 
 @dataclass

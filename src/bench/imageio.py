@@ -26,12 +26,19 @@ ORIENTATION = 0x0112  # the EXIF tag; values 5..8 swap width and height
 TIFF_BITS, TIFF_SAMPLE_FORMAT = 258, 339  # TIFF tags: bits per sample; 1 unsigned, 2 signed integer
 
 
-def _open(path: Path) -> Image.Image:
+def _require_file(path: Path) -> Path:
+    """``path`` as a Path; a DatasetError naming it when it is missing or empty (what PIL would call
+    'cannot identify image file')."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty (0 bytes)")
+    return path
+
+
+def _open(path: Path) -> Image.Image:
+    path = _require_file(path)
     try:
         image = Image.open(path)
         image.load()
@@ -113,6 +120,7 @@ def _gray(path: Path) -> np.ndarray:
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image as shown (its EXIF orientation applied), from its header,
     without decoding its pixels."""
+    path = _require_file(path)
     try:
         with Image.open(path) as image:
             turned = image.getexif().get(ORIENTATION) in (5, 6, 7, 8)

@@ -189,7 +189,7 @@ def test_unknown_option_is_named():
 
 
 @pytest.mark.parametrize("bad,word", [
-    (dict(radius=-1), "radius"), (dict(radius=2.5), "radius"), (dict(eps=0), "eps"), (dict(eps="1e-3"), "eps"),
+    (dict(radius=-1), "radius"), (dict(radius=2.5), "radius"), (dict(eps=0), "eps"), (dict(eps="small"), "eps"),
     (dict(guide="rgb"), "guide"), (dict(mean=(0.5, 0.5, 0.5)), "mean and std"), (dict(mean=0.5, std=0), "std"),
     (dict(mean=(1, 2), std=(1, 2)), "mean"),
 ])

@@ -47,11 +47,10 @@ def processes(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptions
 
     On the demo's 2 cores it is 1.09× faster than one process with 2 torch threads, and its
     numbers do not depend on the core count (``benchmarks/test_executor_speed.py``, README
-    "Speed levers"). Workers are spawned, not forked
-    (a fork would copy this process's torch threads and open store connections), and log to the
-    run's store themselves, as Ray's do. They ignore Ctrl-C: this process decides. A failing task
-    fails the run; when the run stops early (a failure, Ctrl-C) the running tasks are stopped, not
-    awaited: ``bench.resume`` redoes them.
+    "Speed levers"). Workers are spawned, not forked (a fork would copy this process's torch
+    threads and open store connections), and log to the run's store themselves, as Ray's do. They
+    ignore Ctrl-C: this process decides. A failing task fails the run; when the run stops early (a
+    failure, Ctrl-C) the running tasks are stopped, not awaited: ``bench.resume`` redoes them.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(len(tasks), cores))

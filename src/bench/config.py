@@ -30,7 +30,7 @@ class PGTConfig:
     pseudo_normal_fraction: float = 0.5  # lowest-scored fraction of a group used as pseudo-normals
     synth_per_group: int = 48  # synthetic anomalous images made from a group's pseudo-normals
     contamination: tuple[float, ...] = (0.0,)  # fractions of pseudo-normals replaced by true anomalies
-    warmup: str = "none"  # "none": group 1 keeps its coarse maps; "self": train on group 1, refine it
+    warmup: str = "none"  # "none": trained refiners keep group 1's coarse maps; "self": train on group 1, refine it
     reference: str = "all"  # inter-image methods' reference for test maps: "all" test images or "seen" groups
     # final map = (1 - w) * refined + w * the rescaled coarse map (every refiner alike). 0.5: where a
     # decoder misses a defect, the coarse evidence stays instead of falling below normal pixels

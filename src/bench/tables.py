@@ -117,6 +117,12 @@ def _seed_stats(frame: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFra
     return pd.concat(stats)
 
 
+def _over_seeds(units: pd.DataFrame) -> str:
+    """What a table's values are over: ``mean over 3 seeds``, or ``seed 0`` where there is one."""
+    seeds = sorted(units.seed.unique())
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(seeds)} seeds"
+
+
 def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = True) -> Table:
     """Rows: categories and their unweighted mean, then the consistency count; per method, refiners
     side by side and each one's gain over ``none`` with its interval. Units without contamination.
@@ -166,8 +172,8 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = Tru
     if clean.contamination.min() > 0:  # a run without a clean block: say which contamination is shown
         unit += f"; pseudo-normal contamination {clean.contamination.min():g}"
     return Table(columns, rows + ([wins] if any(wins[1:]) else []), pd.DataFrame(list(numbers.values())),
-                 caption=f"{metric_label(metric)}{unit}; " + ("mean over seeds; gains over none" if values else
-                                                                  "gains over none, mean over seeds,")
+                 caption=f"{metric_label(metric)}{unit}; " + (f"{_over_seeds(clean)}; gains over none" if values else
+                                                                  f"gains over none, {_over_seeds(clean)},")
                          + " with 95% paired-bootstrap intervals (* excludes 0)",
                  label=f"tab:{metric.replace('_', '-')}", bold=bold,
                  rules={len(categories) - 1} | ({len(categories)} if any(wins[1:]) else set()),
@@ -219,9 +225,8 @@ def decoder_table(units: pd.DataFrame, metrics: list[str]) -> Table:
             values = [numbers[r][metric] for r in range(first, len(rows))]
             top = np.nanmax(values) if np.isfinite(values).any() else np.nan
             bold |= {(r, c) for r in range(first, len(rows)) if numbers[r][metric] == top}
-    n_seeds = clean.seed.nunique()
     return Table(columns, rows, pd.DataFrame(numbers),
-                 caption=f"Refiners in the same protocol: category mean over {n_seeds} seed(s) (%), best in bold, "
+                 caption=f"Refiners in the same protocol: category mean, {_over_seeds(clean)} (%), best in bold, "
                          "(gain over none [95% paired-bootstrap interval], * excludes 0), wins over none per "
                          "(category, seed), cost", label="tab:decoders", bold=bold, rules=rules)
 

@@ -19,7 +19,7 @@ from bench.config import RunConfig, apply_overrides, parse_set
 from bench.errors import BenchError
 from bench.identity import Selection
 from bench.report import write_report
-from bench.report.data import ReportData
+from bench.report.data import Parent, ReportData
 from bench.report.leaderboard import gains, label, leaderboard
 from bench.report.page import render
 from bench.report.reproduce import run_command
@@ -132,6 +132,15 @@ def test_the_page_embeds_everything_and_reads_without_script():
     bare = render(report_data(units()[units().contamination == 0], logs=False))
     assert "no contamination sweep" in bare and "Per-group metrics are not in this store" in bare
     assert not {"plot-contamination", "plot-groups", "plot-loss"} & set(re.findall(r'id="([\w-]+)"', bare))
+
+
+def test_the_pgt_plots_say_which_seed_they_show():
+    """With two seeds the PGT plots said "first run" without saying which seed that is."""
+    data = report_data(units(), logs=True)
+    data.parents = [Parent(run_id="r1", name="n", status="FINISHED", params={"seed": "1"}, tags={}),
+                    Parent(run_id="r0", name="n", status="FINISHED", params={"seed": "0"}, tags={})]
+    html = render(data)
+    assert html.count("(first run, seed 1, no contamination)") == 2 and "seed 0," not in html
 
 
 def test_grid_outlines_the_ground_truth_on_every_map_and_has_a_colour_bar_per_map_column(tmp_path, monkeypatch):

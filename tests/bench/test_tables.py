@@ -55,6 +55,15 @@ def test_one_seed_has_no_plus_minus_and_no_interval_without_replicates():
     assert grid["a"]["musc Δard"] == "+10.0"  # no replicates logged: no interval, not marked
 
 
+@pytest.mark.parametrize("seeds, over", [((1,), "seed 1"), ((0, 1), "mean over 2 seeds")])
+def test_captions_say_which_seeds_the_values_are_over(seeds, over):
+    """A one-seed table was headed "mean over seeds"."""
+    frame = units(seeds=seeds).query("contamination == 0")
+    assert f"(%); {over}; gains over none" in main_table(frame, "pixel_ap").caption
+    assert f"gains over none, {over}, with" in main_table(frame, "pixel_ap", values=False).caption
+    assert f"category mean, {over} (%)" in decoder_table(frame, ["pixel_ap"]).caption
+
+
 def test_best_value_per_method_is_bold():
     table = main_table(units(), "pixel_ap")
     ard = [c for c, (_, name) in enumerate(table.columns) if name == "ard"][0]
@@ -126,7 +135,7 @@ def test_main_table_of_a_run_without_a_clean_block_names_its_contamination():
     contaminated units under the caption of a clean run."""
     assert "contamination" not in main_table(units(), "pixel_ap").caption
     dirty = units().query("contamination == 0.5 or refiner == 'none'").assign(contamination=0.5)
-    assert "pixel AP (%); pseudo-normal contamination 0.5; mean over seeds" in main_table(dirty, "pixel_ap").caption
+    assert "pixel AP (%); pseudo-normal contamination 0.5; mean over 2 seeds" in main_table(dirty, "pixel_ap").caption
 
 
 def test_latex_keeps_category_names_without_an_ascii_form_apart():

@@ -22,7 +22,8 @@ from bench.errors import BenchError
                    "without pixel metrics).")
 @click.option("--scope", type=click.Choice(["g2k", "stream"]), default="g2k", show_default=True,
               help="g2k: groups 2..k, the images that a trained refiner refined; stream: every test image "
-                   "(group 1 keeps its coarse maps unless --warmup self).")
+                   "(in group 1 trained refiners keep the coarse maps unless --warmup self; training-free ones "
+                   "refine it).")
 @click.option("--format", "fmt", type=click.Choice(["md", "latex", "csv"]), default="md", show_default=True,
               help="csv: one table of numbers (value, std, gain, ci_low, ci_high, wins, ... per row).")
 @friendly

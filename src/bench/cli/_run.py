@@ -75,7 +75,8 @@ def run(config_file: Path | None, overrides: tuple[str, ...], quiet: bool, old_r
     click.echo(f"MLflow run {summary.parent_id} in {config.tracking_uri or config.out}")
     for metric in scoped(default_metrics(summary.units), "g2k", summary.units):
         click.echo("\n" + render(main_table(summary.units, metric)))
-    click.echo("\n_g2k: groups 2..k, the images a trained refiner refined (group 1 keeps coarse maps). "
+    click.echo("\n_g2k: groups 2..k, the images a trained refiner refined (in group 1 trained refiners keep the "
+               "coarse maps, training-free ones refine it). "
                "`bench table --scope stream` shows the whole stream.")
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from bench.report import plots
-from bench.report.data import ReportData
+from bench.report.data import Parent, ReportData
 from bench.report.leaderboard import COSTS, Cell, Gain, label, leaderboard, report_metrics
 from bench.report.reproduce import run_command
 
@@ -39,6 +39,7 @@ def render(data: ReportData) -> str:
         "title": " · ".join(", ".join(sorted(units[key].unique())) for key in ("dataset", "method", "refiner")),
         "store": data.store, "made": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seeds": sorted(units.seed.unique(), key=_number), "runs": runs, "sweep": sweep,
+        "first_run": _first_run(data.parents),
         "scope": "groups 2..k (the images a trained refiner refined)" if metrics[0].endswith("_g2k") else "whole test stream",
         "metrics": [(m, label(m)) for m in metrics], "rows": rows, "intervals": _has_intervals(rows),
         "cost_metric": cost_metric, "cost_metric_name": label(cost_metric),
@@ -47,6 +48,12 @@ def render(data: ReportData) -> str:
         "grids": [{"method": m, "category": c, "uri": _thumbnail(png)} for (m, c), png in sorted(data.grids.items())],
     }
     return _environment().get_template("page.html.j2").render(context)
+
+
+def _first_run(parents: list[Parent]) -> str:
+    """Which run the page's PGT plots and grids come from: ``first run, seed 1``."""
+    seed = parents[0].params.get("seed") if parents else None
+    return "first run" if seed is None else f"first run, seed {seed}"
 
 
 def _environment() -> jinja2.Environment:

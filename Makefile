@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test benchmarks gpu-check ard-ablation clean
+.PHONY: setup demo test benchmarks gpu-check gpu-wheels gpu-check-offline ard-ablation clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,19 @@ benchmarks: $(BIN)/.benchmarks  ## speed as ratios at full size (tens of minutes
 
 gpu-check: setup  ## on a GPU machine (<= 8 min): every CUDA path, fp16 vs fp32, MuSc/ARD speed; JSON + table
 	$(BIN)/python scripts/gpu_check.py --device cuda --out results/gpu_check.json
+
+# A GPU machine without a package index whose python3 holds PyTorch (an NVIDIA PyTorch image): download
+# the rest here (scripts/gpu_wheels.txt, for that machine's Python), copy the tree there, run gpu-check-offline.
+GPU_PYTHON_VERSION ?= 3.12
+WHEELS ?= .whl
+gpu-wheels:  ## here, online: the wheels an offline GPU machine lacks, into $(WHEELS)/
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
+		--python-version $(GPU_PYTHON_VERSION) --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(WHEELS) -r scripts/gpu_wheels.txt
+
+gpu-check-offline:  ## there, offline: install $(WHEELS)/ beside its PyTorch (no index), then the GPU check
+	$(PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target /tmp/bench-site $(WHEELS)/*.whl
+	PYTHONPATH=/tmp/bench-site:src $(PYTHON) scripts/gpu_check.py --device cuda --out results/gpu_check.json
 
 $(BIN)/.photos: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[photos]'

@@ -6,9 +6,11 @@ speed figure. The GPU numbers themselves come only from a run on a GPU.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,19 @@ def test_bad_options_are_refused_before_any_work(gpu_check, tmp_path):
     with pytest.raises(SystemExit):
         gpu_check.main(["--sections", "methods,nope", "--device", "cpu", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_offline_wheel_list_covers_every_dependency():
+    """`make gpu-wheels` downloads scripts/gpu_wheels.txt for a GPU machine without a package index:
+    each of the project's dependencies must be either in it or named as provided by the machine's
+    PyTorch image, so that a dependency added later cannot be forgotten there."""
+    def name(requirement: str) -> str:
+        return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", requirement.strip())[0].lower())
+
+    lines = (SCRIPT.parent / "gpu_wheels.txt").read_text().splitlines()
+    pinned = {name(line) for line in lines if line.strip() and not line.startswith("#")}
+    provided = {name(n) for line in lines if line.startswith("# provided:") for n in line.split(":", 1)[1].split()}
+    assert all("==" in line for line in lines if line.strip() and not line.startswith("#"))  # pinned versions
+    project = [r for r in importlib.metadata.requires("anorefiner-bench") if "extra ==" not in r]
+    assert len(project) > 10 and {name(r) for r in project} - pinned - provided == set()
+    assert not pinned & provided

@@ -128,7 +128,7 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = Tru
     side by side and each one's gain over ``none`` with its interval. Units without contamination.
 
     ``values=False`` keeps only the gains (``--kind gains``): many refiners compared per category
-    in a table that still fits a page."""
+    in a table that still fits a page, each gain followed by the seeds it wins where there are several."""
     _check(units, [metric])
     clean = _clean(units)
     scale = 100 if _percent(metric) else 1
@@ -136,6 +136,7 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = Tru
     gains = gain_table(clean, [metric]).set_index(["method", "refiner", "category"])
     categories = [*sorted(clean.category.unique()), MEAN]
     columns, cells, numbers, bold = [("", "category")], {c: [c] for c in categories}, {}, set()
+    per_seed_wins = not values and clean.seed.nunique() > 1  # the gains-only table: each cell's seeds won
     for method in dict.fromkeys(clean.method):
         refiners = _ordered(clean[clean.method == method].refiner)
         shown = {}  # category -> [(value, column)] of this method: the best is bold
@@ -159,7 +160,8 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = Tru
             for category in categories:
                 g = gains.loc[(method, refiner, category)] if (method, refiner, category) in gains.index else None
                 cells[category].append("" if g is None else _gain(scale * g.gain, scale * g.ci_low, scale * g.ci_high,
-                                                                     g.significant))
+                                                                     g.significant)
+                                       + (f" {int(g.wins)}/{int(g.pairs)}" if per_seed_wins else ""))
                 if g is not None:
                     numbers[(method, refiner, category)].update(
                         gain=scale * g.gain, ci_low=scale * g.ci_low, ci_high=scale * g.ci_high,
@@ -177,7 +179,8 @@ def main_table(units: pd.DataFrame, metric: str = "pixel_ap", values: bool = Tru
                          + " with 95% paired-bootstrap intervals (* excludes 0)",
                  label=f"tab:{metric.replace('_', '-')}", bold=bold,
                  rules={len(categories) - 1} | ({len(categories)} if any(wins[1:]) else set()),
-                 notes=["Marked *: the 95% interval excludes 0. wins: (category, seed) pairs where the refiner beats none."]
+                 notes=["Marked *: the 95% interval excludes 0. wins: (category, seed) pairs where the refiner beats none"
+                        + ("; after each gain, the seeds it wins of that category's." if per_seed_wins else ".")]
                  if any(wins[1:]) else [])
 
 

@@ -55,6 +55,18 @@ def test_one_seed_has_no_plus_minus_and_no_interval_without_replicates():
     assert grid["a"]["musc Δard"] == "+10.0"  # no replicates logged: no interval, not marked
 
 
+def test_the_gains_table_counts_each_categorys_seeds_won():
+    """Issue 15 asks for per-category win counts: with several seeds each gain says how many it wins."""
+    frame = with_replicates(units())
+    frame.loc[(frame.category == "b") & (frame.seed == 1) & (frame.refiner == "ard"), "pixel_ap"] = 0.0
+    table = main_table(frame, "pixel_ap", values=False)
+    grid = cells(table)
+    assert grid["a"]["musc Δard"].endswith("] 2/2") and grid["b"]["musc Δard"].endswith(" 1/2")
+    assert grid["wins vs none"]["musc Δard"] == "3/4" and "the seeds it wins" in table.notes[0]
+    one_seed = cells(main_table(with_replicates(units(seeds=(0,))), "pixel_ap", values=False))
+    assert one_seed["a"]["musc Δard"].endswith("]")  # one seed: the interval says it all
+
+
 @pytest.mark.parametrize("seeds, over", [((1,), "seed 1"), ((0, 1), "mean over 2 seeds")])
 def test_captions_say_which_seeds_the_values_are_over(seeds, over):
     """A one-seed table was headed "mean over seeds"."""
@@ -176,7 +188,7 @@ def test_latex_is_ascii_booktabs_with_caption_label_groups_and_signed_gains(tmp_
 def test_gains_table_keeps_only_the_gains_of_the_main_table():
     frame = with_replicates(units())
     full, gains = cells(main_table(frame, "pixel_ap")), cells(main_table(frame, "pixel_ap", values=False))
-    assert list(gains["a"]) == ["musc Δard"] and gains["a"]["musc Δard"] == full["a"]["musc Δard"]
+    assert list(gains["a"]) == ["musc Δard"] and gains["a"]["musc Δard"] == full["a"]["musc Δard"] + " 2/2"
     assert gains["wins vs none"] == {"musc Δard": "4/4"} and not main_table(frame, "pixel_ap", values=False).bold
 
 

@@ -13,7 +13,8 @@ from bench.errors import BenchError
 @store_options
 @click.option("--kind", type=click.Choice(["main", "gains", "decoders", "contamination"]), default="main", show_default=True,
               help="main: categories × methods with refiners side by side and the gain over none; "
-                   "gains: the same with only the gains (many refiners per category on one page); "
+                   "gains: the same with only the gains (many refiners per category on one page) and, with "
+                   "several seeds, how many seeds each category's gain wins; "
                    "decoders: per method, refiners as rows (mean ± std over seeds and the gain over none, "
                    "best in bold) with their cost; "
                    "contamination: metrics per pseudo-normal contamination ratio.")

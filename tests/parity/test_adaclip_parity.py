@@ -19,8 +19,14 @@ def test_none_is_scored_on_the_official_map(d64_weights, tmp_path):
     official = fixture("adaclip")
     _, out, maps = run_bench(d64_weights, tmp_path)
     assert_official_maps(out, maps, official["maps"], TOL)  # logits upsampled, softmax, sigma 4
-    # HSF's k-means: bench seeds it per image (0); the official run draws on numpy's global state
-    assert np.abs(out.image_scores.numpy() - official["image_scores_kmeans_seed0"]).max() < TOL
+    # HSF's k-means: bench seeds it per image (0); the official run draws on numpy's global state.
+    # With the same seed the scores agree, except that k-means++ is a discrete draw whose path can
+    # differ between machines: on an AVX-512 machine (sklearn 1.7.2 to 1.9.1 alike, maps still at
+    # 1.3e-6) one of the six images lands in another partition (3.3e-3), so one may differ, within
+    # the bound below; the fixture's machine had all six at 1.1e-5.
+    seeded = np.abs(out.image_scores.numpy() - official["image_scores_kmeans_seed0"])
+    assert (seeded < TOL).sum() >= len(seeded) - 1, seeded
+    assert seeded.max() < KMEANS_BOUND
     assert np.abs(out.image_scores.numpy() - official["image_scores"]).max() < KMEANS_BOUND
 
 

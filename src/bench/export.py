@@ -76,6 +76,7 @@ def results_document(store: Store, selection: Selection) -> dict:
             run = parents.loc[parent]
             runs[parent] = {"name": run["name"], "seed": run.seed, "status": run.status,
                             "git_commit": run.tags.get("bench.git_commit"), "python": run.tags.get("bench.python"),
+                            "cpu": run.tags.get("bench.cpu"),
                             "versions": {k.removeprefix("bench.version."): v for k, v in run.tags.items()
                                          if k.startswith("bench.version.")}}
         configs[config] = {"label": selection.labels.get(config, ""), "params": parents.loc[next(iter(runs))].params,

@@ -1,8 +1,10 @@
 """`bench report` of a small real run, opened in headless Chromium: no console error, no request
 leaving the file, every table, plot and grid present, and sorting reorders the leaderboard."""
+import platform
 import shutil
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bench.cli import main
@@ -68,6 +70,8 @@ def test_report_opens_in_chromium_with_everything_in_it(report, browser, tmp_pat
     assert broken == []
     assert page.locator("pre.command").first.inner_text().startswith("bench run --set seed=3 ")
     assert "bench.git_commit" not in page.locator("#reproduce").inner_text()  # shown as 'git commit'
+    cpu = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"  # the run's bench.cpu tag
+    assert f"CPU kernels\t{cpu}" in page.locator("#reproduce").inner_text()
 
     def refiners() -> list[str]:
         return page.locator("#leaderboard-table tbody tr td:nth-child(2)").all_inner_texts()

@@ -1,7 +1,9 @@
 import math
+import platform
 
 import numpy as np
 import pytest
+import torch
 
 from bench.bootstrap import save
 from bench.errors import BenchError
@@ -33,6 +35,7 @@ def test_units_round_trip_through_the_store(tmp_path):
     assert store.parents().iloc[0].params == {"seed": "0"}
     parent_run = store.client.get_run(parent)
     assert "bench.version.torch" in parent_run.data.tags and parent_run.data.params["seed"] == "0"
+    assert parent_run.data.tags["bench.cpu"] == f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
 
 
 def test_latest_parent_is_the_default(tmp_path):

@@ -37,13 +37,17 @@ CONNECT_TIMEOUT_S = 5.0  # probe of --ray-address before Ray's own (minutes-long
 
 def ray_cluster(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptions) -> Iterator[R]:
     """Each task as a Ray task; results in the order tasks finish. A task's exception is re-raised
-    as itself (a BenchError stays one), and the tasks still pending are cancelled."""
+    as itself (a BenchError stays one). Tasks still pending when the loop ends (an error, Ctrl-C)
+    end with the job at ``ray.shutdown``: Ray kills the workers of a job whose driver has left.
+    They are not ``ray.cancel``-ed first: a cancel that races the reply of a task finishing at that
+    moment fails a check in Ray's core worker (2.60: "Tried to complete task that was not pending";
+    the race of ray-project/ray#54798, fixed there for retries only), which aborts this process
+    before it can stop its local cluster (seen as a test's leftover ``ray::DashboardAgent``)."""
     import ray
 
     local = options.ray_address is None
     ours = LocalProcesses() if local else None
     started = False
-    pending = []
     try:
         started = connect(options.ray_address)
         require_shared_store(options.tracking_uri, {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]},
@@ -63,11 +67,9 @@ def ray_cluster(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptio
                                  "run the same command again to resume the run") from None
     finally:
         try:
-            for ref in pending:
-                ray.cancel(ref)
             if started or (local and ray.is_initialized()):  # also a start that Ctrl-C cut short
                 ray.shutdown()
-        finally:  # even when the cancel or the shutdown fails (its raylet already gone after a Ctrl-C)
+        finally:  # even when the shutdown fails (its raylet already gone after a Ctrl-C)
             if ours is not None:
                 ours.stop()
 

@@ -137,6 +137,7 @@ def test_ray_leaves_the_pending_tasks_to_the_shutdown_not_to_ray_cancel(monkeypa
         list(ray_cluster(time.sleep, [-1.0, 600.0], RunConfig(executor="ray")))
     assert cancelled == [] and not ray.is_initialized()
 
+
 TINY = ["--methods", "musc", "--refiners", "ard", "--n-groups", "2", "--contamination", "0,0.25", "--seed", "3",
         "--quiet", "--set", "figures=0", "--set", "pgt.synth_per_group=4", "--set", "refiner_options.ard.steps=3",
         "--set", "refiner_options.ard.stem_channels=32", "--set", "refiner_options.ard.ar_channels=[16,8]",
